@@ -1,0 +1,45 @@
+"""Command-line flags: the original main.py's, same names, defaults and meanings, plus a few new ones."""
+from absl import flags
+
+# Dataset/method options
+flags.DEFINE_string("datasource", "sinusoid", "sinusoid or omniglot or miniimagenet")
+flags.DEFINE_integer("num_classes", 5, "number of classes used in classification (e.g. 5-way classification).")
+flags.DEFINE_string("baseline", None, "oracle, or None (oracle means task id is input; only suitable for sinusoid)")
+
+# Training options
+flags.DEFINE_integer("pretrain_iterations", 0, "number of pre-training iterations.")
+flags.DEFINE_integer("metatrain_iterations", 15000, "number of metatraining iterations.")  # 15k for omniglot, 50k for sinusoid
+flags.DEFINE_integer("meta_batch_size", 25, "number of tasks sampled per meta-update")
+flags.DEFINE_float("meta_lr", 0.001, "the base learning rate of the generator")
+flags.DEFINE_integer("update_batch_size", 5, "number of examples used for inner gradient update (K for K-shot learning).")
+flags.DEFINE_float("update_lr", 1e-3, "step size alpha for inner gradient update.")  # 0.1 for omniglot
+flags.DEFINE_integer("num_updates", 1, "number of inner gradient updates during training.")
+
+# Model options
+flags.DEFINE_string("norm", "batch_norm", "batch_norm, layer_norm, or None")
+flags.DEFINE_integer("num_filters", 64, "number of filters for conv nets -- 32 for miniimagenet, 64 for omiglot.")
+flags.DEFINE_bool("conv", True, "whether or not to use a convolutional network, only applicable in some cases")
+flags.DEFINE_bool("max_pool", False, "Whether or not to use max pooling rather than strided convolutions")
+flags.DEFINE_bool("stop_grad", False, "if True, do not use second derivatives in meta-optimization (for speed)")
+
+# Logging, saving, and testing options
+flags.DEFINE_bool("log", True, "if false, do not log summaries, for debugging code.")
+flags.DEFINE_string("logdir", "/tmp/data", "directory for summaries and checkpoints.")
+flags.DEFINE_bool("resume", True, "resume training if there is a model available")
+flags.DEFINE_bool("train", True, "True to train, False to test.")
+flags.DEFINE_integer("test_iter", -1, "iteration to load model (-1 for latest model)")
+flags.DEFINE_bool("test_set", False, "Set to true to test on the the test set, False for the validation set.")
+flags.DEFINE_integer("train_update_batch_size", -1, "number of examples used for gradient update during training (use if you want to test with a different number).")
+flags.DEFINE_float("train_update_lr", -1, "value of inner gradient step step during training. (use if you want to test with a different value)")
+
+# Additions (not in the original)
+flags.DEFINE_integer("seed", 0, "seed for the initial weights and the training task stream; the same command twice gives the same losses.")
+flags.DEFINE_string("data_dir", "./data", "folder that holds omniglot_resized/ and miniImagenet/ (the original's ./data layout).")
+flags.DEFINE_integer("save_interval", 1000, "save a checkpoint every this many iterations (the original: 1000).")
+flags.DEFINE_integer("num_query", -1, "query examples per class; -1 keeps the original's rule (K; 15 when meta-training on miniImageNet).")
+flags.DEFINE_integer("num_test_tasks", 600, "number of tasks evaluated by --train=False (the original: 600).")
+flags.DEFINE_integer("test_seed", 1, "seed of the fixed evaluation tasks of --train=False (the original seeded numpy with 1).")
+flags.DEFINE_enum("task_mode", "batched", ["batched", "loop"], "process the tasks of a meta-batch together (batched) or one after another (loop); both compute the same.")
+flags.DEFINE_bool("xla", False, "compile the training step with XLA (jit_compile=True).")
+
+FLAGS = flags.FLAGS

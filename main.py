@@ -1,0 +1,67 @@
+"""
+Usage Instructions (the original's, unchanged):
+    10-shot sinusoid:
+        python main.py --datasource=sinusoid --logdir=logs/sine/ --metatrain_iterations=70000 --norm=None --update_batch_size=10
+
+    10-shot sinusoid baselines:
+        python main.py --datasource=sinusoid --logdir=logs/sine/ --pretrain_iterations=70000 --metatrain_iterations=0 --norm=None --update_batch_size=10 --baseline=oracle
+        python main.py --datasource=sinusoid --logdir=logs/sine/ --pretrain_iterations=70000 --metatrain_iterations=0 --norm=None --update_batch_size=10
+
+    5-way, 1-shot omniglot:
+        python main.py --datasource=omniglot --metatrain_iterations=60000 --meta_batch_size=32 --update_batch_size=1 --update_lr=0.4 --num_updates=1 --logdir=logs/omniglot5way/
+
+    20-way, 1-shot omniglot:
+        python main.py --datasource=omniglot --metatrain_iterations=60000 --meta_batch_size=16 --update_batch_size=1 --num_classes=20 --update_lr=0.1 --num_updates=5 --logdir=logs/omniglot20way/
+
+    5-way 1-shot mini imagenet:
+        python main.py --datasource=miniimagenet --metatrain_iterations=60000 --meta_batch_size=4 --update_batch_size=1 --update_lr=0.01 --num_updates=5 --num_classes=5 --logdir=logs/miniimagenet1shot/ --num_filters=32 --max_pool=True
+
+    5-way 5-shot mini imagenet:
+        python main.py --datasource=miniimagenet --metatrain_iterations=60000 --meta_batch_size=4 --update_batch_size=5 --update_lr=0.01 --num_updates=5 --num_classes=5 --logdir=logs/miniimagenet5shot/ --num_filters=32 --max_pool=True
+
+    To run evaluation, use the '--train=False' flag and the '--test_set=True' flag to use the test set.
+
+    For omniglot and miniimagenet training, prepare the data first (see README: data/prepare_omniglot.py,
+    data/prepare_miniimagenet.py) into --data_dir (default ./data).
+"""
+import dataclasses
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app  # noqa: E402
+
+import flags as maml_flags  # noqa: E402  (defines the flags)
+from maml_tf.config import Config, UsageError  # noqa: E402
+
+FLAGS = maml_flags.FLAGS
+
+
+def config_from_flags(flag_values=FLAGS):
+    """A plain Config from the parsed flags (library code never reads FLAGS)."""
+    return Config(**{f.name: flag_values[f.name].value for f in dataclasses.fields(Config)})
+
+
+def main(argv):
+    if len(argv) > 1:
+        print(f"error: unexpected argument(s) {' '.join(argv[1:])}: flags take the form --name=value",
+              file=sys.stderr)
+        return 2
+    from absl import logging
+    logging.set_verbosity(logging.WARNING)
+    from maml_tf import train as training  # imports TensorFlow
+    training.tf.get_logger().setLevel("ERROR")
+    try:
+        training.run(config_from_flags())
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except training.NonFiniteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,144 @@
+"""The MAML meta-gradient: a gradient through gradients.
+
+For one task with support set (x_a, y_a), query set (x_b, y_b), inner step size
+alpha and n inner steps, MAML adapts theta_0 = theta by plain gradient descent,
+
+    theta_{k+1} = theta_k - alpha * grad L_a(theta_k),        k = 0 .. n-1,
+
+and meta-learns theta from the query loss L_b(theta_n).  By the chain rule,
+
+    dL_b(theta_n)/dtheta = prod_{k=n-1..0} (I - alpha * H_a(theta_k)) grad L_b(theta_n),
+
+where H_a is the Hessian of the support loss.  :func:`meta_gradient` lets
+nested ``tf.GradientTape``s do this (the outer tape records the inner tapes'
+gradient computations); :func:`meta_gradient_explicit` walks the product back
+with Hessian-vector products.  ``first_order=True`` treats every inner gradient
+as a constant (the paper's first-order approximation): then the product is the
+identity and the meta-gradient is grad L_b(theta_n).
+"""
+from typing import Callable, Dict, List, Sequence, Tuple
+
+import tensorflow as tf
+
+ZERO = tf.UnconnectedGradients.ZERO
+
+
+def _as_tensors(weights):
+    return {k: tf.convert_to_tensor(v) for k, v in weights.items()}
+
+
+def inner_gradient(forward, fast, inputs, labels, loss_fn, first_order=False, outer_tape=None):
+    """(L_a(fast), grad L_a(fast)) for one inner step.
+
+    Called under ``outer_tape``, the gradient computation itself is recorded so
+    that the outer tape can differentiate through it (second order).  With
+    ``first_order`` the outer tape stops recording while it is computed, so the
+    gradient is a constant to it (and nothing is stored for it).
+    """
+    with tf.GradientTape() as tape:
+        tape.watch(list(fast.values()))
+        loss = loss_fn(forward(inputs, fast), labels)
+    if first_order and outer_tape is not None:
+        with outer_tape.stop_recording():
+            grads = tape.gradient(loss, fast, unconnected_gradients=ZERO)
+    else:
+        grads = tape.gradient(loss, fast, unconnected_gradients=ZERO)
+        if first_order:
+            grads = {k: tf.stop_gradient(g) for k, g in grads.items()}
+    return loss, grads
+
+
+def sgd_step(fast, grads, update_lr):
+    """theta' = theta - alpha * g, key by key (the inner update)."""
+    return {k: fast[k] - update_lr * grads[k] for k in fast}
+
+
+def adapt(forward, weights, support, loss_fn, update_lr, num_updates,
+          first_order=False, outer_tape=None):
+    """Fast weights [theta_1, ..., theta_n] after each inner step on ``support``."""
+    inputa, labela = support
+    fast = dict(weights)
+    trajectory = []
+    for _ in range(num_updates):
+        _, grads = inner_gradient(forward, fast, inputa, labela, loss_fn, first_order, outer_tape)
+        fast = sgd_step(fast, grads, update_lr)
+        trajectory.append(fast)
+    return trajectory
+
+
+def meta_gradient(forward: Callable, weights: Dict[str, tf.Tensor], support: Tuple, query: Tuple,
+                  loss_fn: Callable, update_lr: float, num_updates: int,
+                  first_order: bool = False):
+    """(L_b(theta_n), dL_b(theta_n)/dtheta) for one task, with nested GradientTapes.
+
+    forward(x, weights) is a pure function, ``weights`` a dict of tensors
+    (theta), ``support`` = (inputa, labela), ``query`` = (inputb, labelb),
+    ``loss_fn(pred, label)`` a scalar.  Returns the query loss after
+    ``num_updates`` inner steps of size ``update_lr`` (alpha) and its gradient
+    with respect to every entry of ``weights`` (a dict with the same keys).
+    """
+    weights = _as_tensors(weights)
+    inputb, labelb = query
+    with tf.GradientTape() as outer:
+        outer.watch(list(weights.values()))
+        trajectory = adapt(forward, weights, support, loss_fn, update_lr, num_updates,
+                           first_order, outer_tape=outer)
+        fast = trajectory[-1] if trajectory else weights
+        query_loss = loss_fn(forward(inputb, fast), labelb)
+    grads = outer.gradient(query_loss, weights, unconnected_gradients=ZERO)
+    return query_loss, grads
+
+
+def hessian_vector_product(forward, theta, inputs, labels, loss_fn, vector, mode="reverse"):
+    """H_a(theta) v for the support loss L_a, without forming H.
+
+    mode='reverse': double backward, grad_theta <grad L_a(theta), v>.
+    mode='forward': forward-over-backward, the JVP of grad L_a along v.
+    """
+    if mode == "reverse":
+        with tf.GradientTape() as outer:
+            outer.watch(list(theta.values()))
+            with tf.GradientTape() as inner:
+                inner.watch(list(theta.values()))
+                loss = loss_fn(forward(inputs, theta), labels)
+            grads = inner.gradient(loss, theta, unconnected_gradients=ZERO)
+            dot = tf.add_n([tf.reduce_sum(grads[k] * tf.stop_gradient(vector[k])) for k in theta])
+        return outer.gradient(dot, theta, unconnected_gradients=ZERO)
+    if mode == "forward":
+        keys = list(theta)
+        with tf.autodiff.ForwardAccumulator(
+                primals=[theta[k] for k in keys], tangents=[vector[k] for k in keys]) as acc:
+            with tf.GradientTape() as tape:
+                tape.watch(list(theta.values()))
+                loss = loss_fn(forward(inputs, theta), labels)
+            grads = tape.gradient(loss, theta, unconnected_gradients=ZERO)
+        return {k: acc.jvp(grads[k], unconnected_gradients=ZERO) for k in keys}
+    raise ValueError(f"unknown HVP mode {mode!r}: use 'reverse' or 'forward'")
+
+
+def meta_gradient_explicit(forward: Callable, weights: Dict[str, tf.Tensor], support: Tuple,
+                           query: Tuple, loss_fn: Callable, update_lr: float, num_updates: int,
+                           first_order: bool = False, hvp: str = "reverse"):
+    """Same result as :func:`meta_gradient`, computed by walking the chain rule back.
+
+    Runs the inner loop storing theta_0..theta_n, takes g = grad L_b(theta_n),
+    then for k = n-1 .. 0 applies g <- g - alpha * H_a(theta_k) g with
+    Hessian-vector products (``hvp`` = 'reverse' or 'forward').  With
+    ``first_order`` the correction terms are dropped and g = grad L_b(theta_n).
+    """
+    theta = _as_tensors(weights)
+    inputa, labela = support
+    inputb, labelb = query
+    thetas = [theta]
+    for _ in range(num_updates):
+        _, grads = inner_gradient(forward, thetas[-1], inputa, labela, loss_fn)
+        thetas.append(sgd_step(thetas[-1], grads, update_lr))
+    with tf.GradientTape() as tape:
+        tape.watch(list(thetas[-1].values()))
+        query_loss = loss_fn(forward(inputb, thetas[-1]), labelb)
+    g = tape.gradient(query_loss, thetas[-1], unconnected_gradients=ZERO)
+    if not first_order:
+        for k in reversed(range(num_updates)):
+            hg = hessian_vector_product(forward, thetas[k], inputa, labela, loss_fn, g, hvp)
+            g = {key: g[key] - update_lr * hg[key] for key in g}
+    return query_loss, g

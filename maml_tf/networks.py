@@ -1,0 +1,245 @@
+"""The original MAML networks as pure functions of explicit weight dicts.
+
+``weights`` (theta, adapted in the inner loop) holds, as in cbfinn/maml:
+  fc:   w1, b1, ..., w{L+1}, b{L+1}
+  conv: conv1..conv4 (3x3 kernels, HWIO), b1..b4, w5, b5
+``norm_params`` holds the normalisation parameters, keyed as the original's
+variable scopes ('0/beta', '1/beta', ...; fc scopes are '0', '2', '3', ...).
+They are meta-learned by the outer optimiser but, as in the original (where
+they were not in ``weights``), not adapted by the inner gradient steps.
+
+Every forward function takes either one task (``x``: [B, dim_input], weights
+unbatched) or, with ``batched=True``, a meta-batch of T tasks with per-task
+weights (``x``: [T, B, dim_input], every weight with a leading T axis).  The
+batched form computes exactly what T separate calls would (per-task batch
+statistics included); convolutions become one grouped convolution.
+"""
+import dataclasses
+from typing import Dict, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+BN_EPSILON = 1e-3   # tf.contrib.layers.batch_norm default
+LN_EPSILON = 1e-12  # tf.contrib.layers.layer_norm default
+NORMS = ("batch_norm", "layer_norm", "None")
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkSpec:
+    """Architecture of one of the original networks.
+
+    kind: 'fc' or 'conv'.  dim_hidden: hidden sizes (fc) or (num_filters,) (conv).
+    flatten: conv head flattens the last feature map (miniImageNet) instead of
+    averaging it spatially (Omniglot).  head_init: 'normal' (N(0, 1), Omniglot)
+    or 'xavier' (miniImageNet) for the conv output layer.
+    """
+    kind: str
+    dim_input: int
+    dim_output: int
+    dim_hidden: Tuple[int, ...]
+    norm: str = "None"
+    channels: int = 1
+    img_size: int = 0
+    max_pool: bool = False
+    flatten: bool = False
+    head_init: str = "normal"
+
+    def __post_init__(self):
+        if self.kind not in ("fc", "conv"):
+            raise ValueError(f"unknown network kind {self.kind!r}: use 'fc' or 'conv'")
+        if self.norm not in NORMS:
+            raise ValueError(f"--norm={self.norm!r} is not one of {', '.join(NORMS)}")
+        if self.kind == "conv" and self.img_size * self.img_size * self.channels != self.dim_input:
+            raise ValueError(
+                f"conv net needs dim_input = img_size^2 * channels, got {self.dim_input} "
+                f"for {self.img_size}x{self.img_size}x{self.channels}")
+
+    # ---------------------------------------------------------------- naming
+    @property
+    def norm_scopes(self):
+        """Variable scopes of the normalisation layers, as in the original."""
+        if self.kind == "conv":
+            return ["0", "1", "2", "3"]
+        # forward_fc used scope '0' for the first layer, then str(i + 1).
+        return ["0"] + [str(i + 1) for i in range(1, len(self.dim_hidden))]
+
+    @property
+    def norm_channels(self):
+        if self.kind == "conv":
+            return [self.dim_hidden[0]] * 4
+        return list(self.dim_hidden)
+
+    @property
+    def feature_size(self):
+        """Spatial size of the last conv feature map (for the flatten head)."""
+        size = self.img_size
+        for _ in range(4):
+            size = size // 2 if self.max_pool else -(-size // 2)
+        return size
+
+    # ---------------------------------------------------------------- init
+    def init(self, seed=0, dtype=np.float32):
+        """Initial (weights, norm_params) as numpy arrays, the original's way.
+
+        fc kernels: truncated normal, stddev 0.01 (cut at 2 stddev); conv kernels:
+        Xavier/Glorot uniform; conv output layer: N(0, 1) (Omniglot) or Xavier
+        uniform (miniImageNet); biases 0; batch-norm offsets 0, layer-norm scale 1.
+        """
+        rng = np.random.default_rng(seed)
+        w = {}
+        if self.kind == "fc":
+            sizes = [self.dim_input] + list(self.dim_hidden) + [self.dim_output]
+            for i in range(len(sizes) - 1):
+                w[f"w{i + 1}"] = truncated_normal(rng, (sizes[i], sizes[i + 1]), 0.01)
+                w[f"b{i + 1}"] = np.zeros([sizes[i + 1]])
+        else:
+            nf = self.dim_hidden[0]
+            ins = [self.channels, nf, nf, nf]
+            for i in range(4):
+                w[f"conv{i + 1}"] = glorot_uniform(rng, (3, 3, ins[i], nf))
+                w[f"b{i + 1}"] = np.zeros([nf])
+            feat = nf * self.feature_size ** 2 if self.flatten else nf
+            if self.head_init == "xavier":
+                w["w5"] = glorot_uniform(rng, (feat, self.dim_output))
+            else:
+                w["w5"] = rng.standard_normal((feat, self.dim_output))
+            w["b5"] = np.zeros([self.dim_output])
+        norm = {}
+        for scope, ch in zip(self.norm_scopes, self.norm_channels):
+            if self.norm in ("batch_norm", "layer_norm"):
+                norm[f"{scope}/beta"] = np.zeros([ch])
+            if self.norm == "layer_norm":
+                norm[f"{scope}/gamma"] = np.ones([ch])
+        cast = lambda d: {k: np.asarray(v, dtype=dtype) for k, v in d.items()}
+        return cast(w), cast(norm)
+
+    # ---------------------------------------------------------------- forward
+    def forward(self, x, weights, norm_params=None, batched=False):
+        """Logits of the network for ``x`` with ``weights`` (see module doc)."""
+        norm_params = norm_params or {}
+        if self.kind == "fc":
+            return _forward_fc(self, x, weights, norm_params, batched)
+        return _forward_conv(self, x, weights, norm_params, batched)
+
+
+def truncated_normal(rng, shape, stddev):
+    """Normal(0, stddev) redrawn outside +-2 stddev, as tf.truncated_normal."""
+    out = rng.standard_normal(shape)
+    bad = np.abs(out) > 2.0
+    while bad.any():
+        out[bad] = rng.standard_normal(int(bad.sum()))
+        bad = np.abs(out) > 2.0
+    return out * stddev
+
+
+def glorot_uniform(rng, shape):
+    """U(-l, l), l = sqrt(6 / (fan_in + fan_out)), receptive field included."""
+    receptive = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
+    fan_in, fan_out = shape[-2] * receptive, shape[-1] * receptive
+    limit = np.sqrt(6.0 / (fan_in + fan_out))
+    return rng.uniform(-limit, limit, shape)
+
+
+# -------------------------------------------------------------------- norms
+def _normalize(spec, x, norm_params, scope, axes, ln_axes, tile=1):
+    """ReLU(norm(x)) with the original's batch/layer norm conventions.
+
+    batch_norm: statistics of the batch being normalised (always: the original
+    never switched to moving averages), offset only, eps 1e-3.
+    layer_norm: per example over ``ln_axes``, scale and offset, eps 1e-12.
+    ``tile`` repeats per-channel parameters for the grouped (T*C) layout.
+    """
+    if spec.norm == "batch_norm":
+        mean, var = tf.nn.moments(x, axes, keepdims=True)
+        beta = norm_params[f"{scope}/beta"]
+        if tile > 1:
+            beta = tf.tile(beta, [tile])
+        x = (x - mean) * tf.math.rsqrt(var + BN_EPSILON) + beta
+    elif spec.norm == "layer_norm":
+        mean, var = tf.nn.moments(x, ln_axes, keepdims=True)
+        x = (x - mean) * tf.math.rsqrt(var + LN_EPSILON)
+        x = x * norm_params[f"{scope}/gamma"] + norm_params[f"{scope}/beta"]
+    return tf.nn.relu(x)
+
+
+def _forward_fc(spec, x, w, norm_params, batched):
+    n_layers = len(spec.dim_hidden) + 1
+    scopes = spec.norm_scopes
+    h = x
+    stat_axes = [1] if batched else [0]
+    for i in range(1, n_layers + 1):
+        b = w[f"b{i}"]
+        if batched:
+            b = b[:, None, :]
+        h = tf.matmul(h, w[f"w{i}"]) + b
+        if i < n_layers:
+            h = _normalize(spec, h, norm_params, scopes[i - 1], stat_axes, [-1])
+    return h
+
+
+def _forward_conv(spec, x, w, norm_params, batched):
+    s, c = spec.img_size, spec.channels
+    strides = 1 if spec.max_pool else 2
+    if batched:
+        # [T, B, s*s*c] -> grouped layout [B, s, s, T*c]: task t owns channels t*c..t*c+c-1.
+        t = x.shape[0]
+        if t is None:
+            raise ValueError("batched conv forward needs a static number of tasks")
+        h = tf.reshape(x, [t, -1, s, s, c])
+        h = tf.transpose(h, [1, 2, 3, 0, 4])
+        h = tf.reshape(h, [tf.shape(h)[0], s, s, t * c])
+    else:
+        h = tf.reshape(x, [-1, s, s, c])
+    for i in range(1, 5):
+        kernel, bias = w[f"conv{i}"], w[f"b{i}"]
+        if batched:
+            kh, kw, cin, cout = kernel.shape[1:]
+            kernel = tf.reshape(tf.transpose(kernel, [1, 2, 3, 0, 4]), [kh, kw, cin, t * cout])
+            bias = tf.reshape(bias, [t * cout])
+        h = tf.nn.conv2d(h, kernel, strides, "SAME") + bias
+        if batched and spec.norm == "layer_norm":
+            hs = tf.shape(h)
+            h5 = tf.reshape(h, [hs[0], hs[1], hs[2], t, -1])
+            h5 = _normalize(spec, h5, norm_params, str(i - 1), [0, 1, 2], [1, 2, 4])
+            h = tf.reshape(h5, hs)
+        else:
+            h = _normalize(spec, h, norm_params, str(i - 1), [0, 1, 2], [1, 2, 3],
+                           tile=t if batched else 1)
+        if spec.max_pool:
+            h = tf.nn.max_pool2d(h, 2, 2, "VALID")
+    if batched:
+        hs = tf.shape(h)
+        h = tf.reshape(h, [hs[0], hs[1], hs[2], t, -1])
+        h = tf.transpose(h, [3, 0, 1, 2, 4])  # [T, B, h, w, C]
+        if spec.flatten:
+            h = tf.reshape(h, [t, hs[0], -1])
+        else:
+            h = tf.reduce_mean(h, [2, 3])
+        return tf.matmul(h, w["w5"]) + w["b5"][:, None, :]
+    if spec.flatten:
+        h = tf.reshape(h, [tf.shape(h)[0], -1])
+    else:
+        h = tf.reduce_mean(h, [1, 2])
+    return tf.matmul(h, w["w5"]) + w["b5"]
+
+
+def build_network(datasource, dim_input, dim_output, conv=True, num_filters=64,
+                  max_pool=False, norm="batch_norm"):
+    """The network cbfinn/maml's MAML class builds for a data source."""
+    if datasource == "sinusoid":
+        return NetworkSpec("fc", dim_input, dim_output, (40, 40), norm=norm)
+    if datasource not in ("omniglot", "miniimagenet"):
+        raise ValueError(f"unknown datasource {datasource!r}: use sinusoid, omniglot or miniimagenet")
+    channels = 3 if datasource == "miniimagenet" else 1
+    img_size = int(round(np.sqrt(dim_input / channels)))
+    if not conv:
+        return NetworkSpec("fc", dim_input, dim_output, (256, 128, 64, 64), norm=norm,
+                           channels=channels, img_size=img_size)
+    mini = datasource == "miniimagenet"
+    return NetworkSpec("conv", dim_input, dim_output, (num_filters,), norm=norm,
+                       channels=channels, img_size=img_size, max_pool=max_pool,
+                       flatten=mini, head_init="xavier" if mini else "normal")
+
+
+ParamDict = Dict[str, tf.Tensor]

@@ -1,0 +1,77 @@
+"""Task data: the sinusoid regression tasks, and one entry point for every data source.
+
+A task source has ``sample()`` -> (inputa, labela, inputb, labelb) as float32
+arrays shaped [T, N*K, dim] (support: K examples per class) and [T, N*Q, dim]
+(query), plus ``get_state()`` / ``set_state()`` so a checkpoint can resume the
+exact stream of tasks.
+"""
+import json
+
+import numpy as np
+
+
+class SinusoidTasks:
+    """y = A sin(x - phi), A ~ U[0.1, 5], phi ~ U[0, pi], x ~ U[-5, 5].
+
+    Draws exactly as the original DataGenerator.generate_sinusoid_batch (same
+    numpy calls in the same order), so ``np.random.RandomState(1)`` gives the
+    original's 600 test tasks.  Each task has K support and K query points
+    (the original drew 2K points and split them).  ``oracle`` appends A and phi
+    to every input (the oracle baseline: input dimension 3).
+    """
+
+    def __init__(self, meta_batch_size, k_support, k_query=None, seed=0, oracle=False,
+                 amp_range=(0.1, 5.0), phase_range=(0.0, np.pi), input_range=(-5.0, 5.0)):
+        self.meta_batch_size = meta_batch_size
+        self.k_support = k_support
+        self.k_query = k_support if k_query is None else k_query
+        self.oracle = oracle
+        self.amp_range, self.phase_range, self.input_range = amp_range, phase_range, input_range
+        self.rng = np.random.RandomState(seed)
+
+    def generate(self):
+        """(x [T, K+Q, 1], y [T, K+Q, 1], amp [T], phase [T]) in float64, the original's way."""
+        t, n = self.meta_batch_size, self.k_support + self.k_query
+        amp = self.rng.uniform(self.amp_range[0], self.amp_range[1], [t])
+        phase = self.rng.uniform(self.phase_range[0], self.phase_range[1], [t])
+        x = np.zeros([t, n, 1])
+        y = np.zeros([t, n, 1])
+        for i in range(t):
+            x[i] = self.rng.uniform(self.input_range[0], self.input_range[1], [n, 1])
+            y[i] = amp[i] * np.sin(x[i] - phase[i])
+        return x, y, amp, phase
+
+    def sample(self):
+        x, y, amp, phase = self.generate()
+        if self.oracle:
+            x = np.concatenate([x, np.broadcast_to(amp[:, None, None], x.shape),
+                                np.broadcast_to(phase[:, None, None], x.shape)], axis=2)
+        x, y = x.astype(np.float32), y.astype(np.float32)
+        k = self.k_support
+        return x[:, :k], y[:, :k], x[:, k:], y[:, k:]
+
+    def get_state(self):
+        name, keys, pos, has_gauss, cached = self.rng.get_state()
+        return json.dumps([name, keys.tolist(), int(pos), int(has_gauss), float(cached)])
+
+    def set_state(self, state):
+        name, keys, pos, has_gauss, cached = json.loads(state)
+        self.rng.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+def make_task_source(config, split="train", meta_batch_size=None, seed=None):
+    """The task source for ``config.datasource``.
+
+    split: 'train' (meta-training), 'val' or 'test' (the original's metaval
+    set, chosen by --test_set).  Sinusoid tasks come from one distribution for
+    every split.
+    """
+    mbs = config.meta_batch_size if meta_batch_size is None else meta_batch_size
+    seed = config.seed if seed is None else seed
+    if config.datasource == "sinusoid":
+        return SinusoidTasks(mbs, config.update_batch_size, config.query_per_class, seed=seed,
+                             oracle=config.baseline == "oracle")
+    from maml_tf import image_data  # TF image decoding only where it is needed
+    return image_data.make_sampler(config.datasource, config.data_dir, split, config.num_classes,
+                                   config.update_batch_size, config.query_per_class, seed=seed,
+                                   meta_batch_size=mbs)

@@ -1,0 +1,232 @@
+"""Meta-training and evaluation loops, as the original main.py's train() and test()."""
+import csv
+import os
+import pickle
+import signal
+import sys
+import time
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.framework import summary_pb2
+
+from maml_tf.checkpoints import CheckpointManager
+from maml_tf.config import UsageError
+from maml_tf.maml import MAML
+from maml_tf.networks import build_network
+from maml_tf.tasks import make_task_source
+
+SUMMARY_INTERVAL = 100
+
+
+class NonFiniteError(RuntimeError):
+    """A loss or meta-gradient became NaN/inf; the last good checkpoint is kept."""
+
+
+def build_model(cfg):
+    """The MAML model the original builds for these settings."""
+    spec = build_network(cfg.datasource, cfg.dim_input, cfg.dim_output, conv=cfg.conv,
+                         num_filters=cfg.num_filters, max_pool=cfg.max_pool, norm=cfg.norm)
+    return MAML(spec, loss="xent" if cfg.classification else "mse",
+                update_batch_size=cfg.update_batch_size, update_lr=cfg.update_lr,
+                num_updates=cfg.num_updates, meta_lr=cfg.meta_lr, first_order=cfg.stop_grad,
+                clip_value=cfg.clip_value, seed=cfg.seed, task_mode=cfg.task_mode,
+                jit_compile=cfg.xla)
+
+
+def _print_interval(cfg):
+    return 1000 if cfg.datasource == "sinusoid" else 100
+
+
+def _scalar(tag, value):
+    """A TensorBoard scalar, written with TF core alone (no tensorboard package needed)."""
+    meta = summary_pb2.SummaryMetadata()
+    meta.plugin_data.plugin_name = "scalars"
+    tf.summary.write(tag, tf.constant(float(value), tf.float32), metadata=meta)
+
+
+def _write_scalars(writer, prefix, itr, losses, accs, classification):
+    """The original's summary tags: '<prefix>Pre-update loss', '<prefix>Post-update loss, step j'."""
+    with writer.as_default(step=itr):
+        _scalar(prefix + "Pre-update loss", losses[0])
+        if classification:
+            _scalar(prefix + "Pre-update accuracy", accs[0])
+        for j in range(1, len(losses)):
+            _scalar(prefix + f"Post-update loss, step {j}", losses[j])
+            if classification:
+                _scalar(prefix + f"Post-update accuracy, step {j}", accs[j])
+
+
+class _StopRequest:
+    """SIGINT/SIGTERM: finish the current iteration, save, exit."""
+
+    def __init__(self):
+        self.signum = None
+        self._old = {}
+
+    def __enter__(self):
+        for s in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[s] = signal.signal(s, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def train(cfg, out=print):
+    """Meta-train (or pre-train) as the original, with checkpoints and summaries in exp_dir.
+
+    Returns the list of (iteration, metrics) recorded at each summary interval.
+    """
+    model = build_model(cfg)
+    source = make_task_source(cfg, "train")
+    val_source = None
+    if cfg.datasource != "sinusoid":
+        val_source = make_task_source(cfg, "test" if cfg.test_set else "val", seed=cfg.seed + 1)
+    manager = CheckpointManager(cfg.exp_dir, model)
+    start = 0
+    if cfg.resume:
+        latest = manager.latest()
+        if latest:
+            start, sampler_state = manager.restore(latest)
+            if sampler_state:
+                source.set_state(sampler_state)
+            out(f"Restoring model weights from {latest} (resuming at iteration {start})")
+    os.makedirs(cfg.exp_dir, exist_ok=True)
+    writer = val_writer = None
+    if cfg.log:
+        writer = tf.summary.create_file_writer(cfg.exp_dir)
+        if val_source is not None:
+            val_writer = tf.summary.create_file_writer(os.path.join(cfg.exp_dir, "val"))
+    out("Done initializing, starting training.")
+    print_interval = _print_interval(cfg)
+    test_print_interval = print_interval * 5
+    pre, post, pre_acc, post_acc, history = [], [], [], [], []
+    total = cfg.total_iterations
+    last_saved = None
+    itr = start - 1
+    t0 = time.time()
+    with _StopRequest() as stop:
+        for itr in range(start, total):
+            pretraining = itr < cfg.pretrain_iterations
+            batch = source.sample()
+            if itr % SUMMARY_INTERVAL == 0 or itr % print_interval == 0:
+                losses, accs = model.evaluate(*batch, num_steps=cfg.eval_num_updates)
+                losses, accs = losses.mean(0), accs.mean(0)
+                pre.append(losses[0]); post.append(losses[cfg.num_updates])
+                pre_acc.append(accs[0]); post_acc.append(accs[cfg.num_updates])
+                history.append((itr, {"preloss": float(losses[0]), "postloss": float(losses[cfg.num_updates]),
+                                      "preacc": float(accs[0]), "postacc": float(accs[cfg.num_updates])}))
+                if writer is not None:
+                    _write_scalars(writer, "metatrain_", itr, losses, accs, cfg.classification)
+            metrics = model.pretrain_step(*batch) if pretraining else model.metatrain_step(*batch)
+            loss_key = "preloss" if pretraining else "postloss"
+            if not (np.isfinite(metrics[loss_key]) and metrics["grad_finite"]):
+                raise NonFiniteError(
+                    f"non-finite loss or meta-gradient at iteration {itr}; stopped without saving it "
+                    f"(last good checkpoint: {last_saved or manager.latest() or 'none'}): "
+                    f"try a smaller --meta_lr or --update_lr")
+            if itr != 0 and itr % print_interval == 0:
+                label = f"Pretrain Iteration {itr}" if pretraining else f"Iteration {itr - cfg.pretrain_iterations}"
+                if cfg.classification:
+                    out(f"{label}: {np.mean(pre_acc)}, {np.mean(post_acc)} "
+                        f"(loss {np.mean(pre):.4f}, {np.mean(post):.4f}; {time.time() - t0:.1f}s)")
+                else:
+                    out(f"{label}: {np.mean(pre)}, {np.mean(post)} ({time.time() - t0:.1f}s)")
+                pre, post, pre_acc, post_acc = [], [], [], []
+            if itr != 0 and itr % cfg.save_interval == 0:
+                last_saved = manager.save(itr, itr + 1, source.get_state())
+            if val_source is not None and itr != 0 and itr % test_print_interval == 0:
+                vl, va = model.evaluate(*val_source.sample(), num_steps=cfg.eval_num_updates)
+                vl, va = vl.mean(0), va.mean(0)
+                if cfg.classification:
+                    out(f"Validation results: {va[0]}, {va[cfg.num_updates]}")
+                else:
+                    out(f"Validation results: {vl[0]}, {vl[cfg.num_updates]}")
+                if val_writer is not None:
+                    _write_scalars(val_writer, "metaval_", itr, vl, va, cfg.classification)
+            if stop.signum is not None:
+                if last_saved != manager.path_for(itr):
+                    manager.save(itr, itr + 1, source.get_state())
+                out(f"Stopped by signal {stop.signum} after iteration {itr}; saved {manager.path_for(itr)}. "
+                    f"Rerun the same command to resume.")
+                _flush(writer, val_writer)
+                sys.exit(128 + stop.signum)
+    if itr >= start:
+        if last_saved != manager.path_for(itr):
+            manager.save(itr, itr + 1, source.get_state())
+    else:
+        out(f"Nothing to do: {cfg.exp_dir} already holds all {total} iterations.")
+    _flush(writer, val_writer)
+    return history
+
+
+def _flush(*writers):
+    for w in writers:
+        if w is not None:
+            w.flush()
+
+
+def _atomic_write(path, data, mode="w"):
+    tmp = path + ".tmp"
+    with open(tmp, mode) as f:
+        f.write(data) if not callable(data) else data(f)
+    os.replace(tmp, path)
+
+
+def test(cfg, out=print):
+    """The original's test(): 600 tasks, meta-batch 1, mean/std/ci95 per inner step.
+
+    Column 0 is the pre-update (support) loss or accuracy, column j the query
+    value after j inner steps of size update_lr, j up to eval_num_updates
+    (10).  Writes test_ubs{K}_stepsize{alpha}.csv and .pkl into exp_dir.
+    """
+    model = build_model(cfg)
+    manager = CheckpointManager(cfg.exp_dir, model)
+    if cfg.test_iter > 0:
+        path = manager.path_for(cfg.test_iter)
+    else:
+        path = manager.latest()
+        if path is None:
+            raise UsageError(f"no checkpoint in {cfg.exp_dir}: train with the same flags first, "
+                             f"or point --logdir at the run")
+    manager.restore(path, weights_only=True)
+    out(f"Restoring model weights from {path}")
+    split = "test" if cfg.test_set else "val"
+    source = make_task_source(cfg, split, meta_batch_size=1, seed=cfg.test_seed)
+    rows = []
+    for _ in range(cfg.num_test_tasks):
+        losses, accs = model.evaluate(*source.sample(), num_steps=cfg.eval_num_updates)
+        rows.append(accs[0] if cfg.classification else losses[0])
+    rows = np.array(rows)
+    means, stds = rows.mean(0), rows.std(0)
+    ci95 = 1.96 * stds / np.sqrt(cfg.num_test_tasks)
+    out("Mean validation accuracy/loss, stddev, and confidence intervals")
+    out(str((means, stds, ci95)))
+    stem = os.path.join(cfg.exp_dir, cfg.test_csv_stem)
+
+    def write_csv(f):
+        w = csv.writer(f, delimiter=",")
+        w.writerow([f"update{i}" for i in range(len(means))])
+        for row in (means, stds, ci95):
+            w.writerow([repr(float(v)) for v in row])
+
+    _atomic_write(stem + ".pkl", lambda f: pickle.dump({"mses": rows}, f), mode="wb")
+    _atomic_write(stem + ".csv", write_csv)
+    out(f"Wrote {stem}.csv")
+    return means, stds, ci95
+
+
+def run(cfg, out=print):
+    """Validate ``cfg`` and train or test, as the original main()."""
+    cfg = cfg.validate().resolved()
+    if cfg.train:
+        return train(cfg, out=out)
+    return test(cfg, out=out)

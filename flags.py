@@ -40,6 +40,7 @@ flags.DEFINE_integer("num_query", -1, "query examples per class; -1 keeps the or
 flags.DEFINE_integer("num_test_tasks", 600, "number of tasks evaluated by --train=False (the original: 600).")
 flags.DEFINE_integer("test_seed", 1, "seed of the fixed evaluation tasks of --train=False (the original seeded numpy with 1).")
 flags.DEFINE_enum("task_mode", "batched", ["batched", "loop"], "process the tasks of a meta-batch together (batched) or one after another (loop); both compute the same.")
+flags.DEFINE_string("init_checkpoint", "", "prefix of a checkpoint written by the original TF1 code (e.g. .../model59000) to start from: tested with --train=False, or meta-trained further.")
 flags.DEFINE_bool("xla", False, "compile the training step with XLA (jit_compile=True).")
 
 FLAGS = flags.FLAGS

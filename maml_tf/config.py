@@ -52,6 +52,7 @@ class Config:
     num_test_tasks: int = 600
     test_seed: int = 1
     task_mode: str = "batched"
+    init_checkpoint: str = ""
     xla: bool = False
 
     # ------------------------------------------------------------ derived rules

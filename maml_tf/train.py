@@ -92,13 +92,14 @@ def train(cfg, out=print):
         val_source = make_task_source(cfg, "test" if cfg.test_set else "val", seed=cfg.seed + 1)
     manager = CheckpointManager(cfg.exp_dir, model)
     start = 0
-    if cfg.resume:
-        latest = manager.latest()
-        if latest:
-            start, sampler_state = manager.restore(latest)
-            if sampler_state:
-                source.set_state(sampler_state)
-            out(f"Restoring model weights from {latest} (resuming at iteration {start})")
+    latest = manager.latest() if cfg.resume else None
+    if cfg.init_checkpoint and not latest:
+        _load_init_checkpoint(model, cfg, out)
+    if latest:
+        start, sampler_state = manager.restore(latest)
+        if sampler_state:
+            source.set_state(sampler_state)
+        out(f"Restoring model weights from {latest} (resuming at iteration {start})")
     os.makedirs(cfg.exp_dir, exist_ok=True)
     writer = val_writer = None
     if cfg.log:
@@ -168,6 +169,13 @@ def train(cfg, out=print):
     return history
 
 
+def _load_init_checkpoint(model, cfg, out):
+    """Start from a checkpoint of the original TF1 code (--init_checkpoint)."""
+    from maml_tf.tf1_checkpoint import load_tf1_checkpoint
+    load_tf1_checkpoint(model, cfg.init_checkpoint)
+    out(f"Loaded original TF1 checkpoint {cfg.init_checkpoint}")
+
+
 def _flush(*writers):
     for w in writers:
         if w is not None:
@@ -190,15 +198,18 @@ def test(cfg, out=print):
     """
     model = build_model(cfg)
     manager = CheckpointManager(cfg.exp_dir, model)
-    if cfg.test_iter > 0:
-        path = manager.path_for(cfg.test_iter)
+    if cfg.init_checkpoint:
+        _load_init_checkpoint(model, cfg, out)
     else:
-        path = manager.latest()
-        if path is None:
-            raise UsageError(f"no checkpoint in {cfg.exp_dir}: train with the same flags first, "
-                             f"or point --logdir at the run")
-    manager.restore(path, weights_only=True)
-    out(f"Restoring model weights from {path}")
+        if cfg.test_iter > 0:
+            path = manager.path_for(cfg.test_iter)
+        else:
+            path = manager.latest()
+            if path is None:
+                raise UsageError(f"no checkpoint in {cfg.exp_dir}: train with the same flags first, "
+                                 f"or point --logdir at the run (or give --init_checkpoint)")
+        manager.restore(path, weights_only=True)
+        out(f"Restoring model weights from {path}")
     split = "test" if cfg.test_set else "val"
     source = make_task_source(cfg, split, meta_batch_size=1, seed=cfg.test_seed)
     rows = []

@@ -189,6 +189,18 @@ def _atomic_write(path, data, mode="w"):
     os.replace(tmp, path)
 
 
+def evaluate_tasks(cfg, model, split, num_tasks=None, seed=None):
+    """[num_tasks, 1 + eval_num_updates] per-task accuracies (classification) or
+    losses (regression) on the fixed evaluation tasks of ``split`` (meta-batch 1)."""
+    num_tasks = cfg.num_test_tasks if num_tasks is None else num_tasks
+    source = make_task_source(cfg, split, meta_batch_size=1, seed=cfg.test_seed if seed is None else seed)
+    rows = []
+    for _ in range(num_tasks):
+        losses, accs = model.evaluate(*source.sample(), num_steps=cfg.eval_num_updates)
+        rows.append(accs[0] if cfg.classification else losses[0])
+    return np.array(rows)
+
+
 def test(cfg, out=print):
     """The original's test(): 600 tasks, meta-batch 1, mean/std/ci95 per inner step.
 
@@ -210,17 +222,12 @@ def test(cfg, out=print):
                                  f"or point --logdir at the run (or give --init_checkpoint)")
         manager.restore(path, weights_only=True)
         out(f"Restoring model weights from {path}")
-    split = "test" if cfg.test_set else "val"
-    source = make_task_source(cfg, split, meta_batch_size=1, seed=cfg.test_seed)
-    rows = []
-    for _ in range(cfg.num_test_tasks):
-        losses, accs = model.evaluate(*source.sample(), num_steps=cfg.eval_num_updates)
-        rows.append(accs[0] if cfg.classification else losses[0])
-    rows = np.array(rows)
+    rows = evaluate_tasks(cfg, model, "test" if cfg.test_set else "val")
     means, stds = rows.mean(0), rows.std(0)
     ci95 = 1.96 * stds / np.sqrt(cfg.num_test_tasks)
     out("Mean validation accuracy/loss, stddev, and confidence intervals")
     out(str((means, stds, ci95)))
+    os.makedirs(cfg.exp_dir, exist_ok=True)
     stem = os.path.join(cfg.exp_dir, cfg.test_csv_stem)
 
     def write_csv(f):

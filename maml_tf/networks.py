@@ -79,14 +79,17 @@ class NetworkSpec:
         return size
 
     # ---------------------------------------------------------------- init
-    def init(self, seed=0, dtype=np.float32):
+    def init(self, seed=0, dtype=np.float32, rng=None):
         """Initial (weights, norm_params) as numpy arrays, the original's way.
 
         fc kernels: truncated normal, stddev 0.01 (cut at 2 stddev); conv kernels:
         Xavier/Glorot uniform; conv output layer: N(0, 1) (Omniglot) or Xavier
         uniform (miniImageNet); biases 0; batch-norm offsets 0, layer-norm scale 1.
+        Draws from ``np.random.default_rng(seed)``, or from ``rng`` when given (which
+        is then advanced, e.g. to draw data after the weights from the same stream).
         """
-        rng = np.random.default_rng(seed)
+        if rng is None:
+            rng = np.random.default_rng(seed)
         w = {}
         if self.kind == "fc":
             sizes = [self.dim_input] + list(self.dim_hidden) + [self.dim_output]
@@ -142,6 +145,18 @@ def glorot_uniform(rng, shape):
 
 
 # -------------------------------------------------------------------- norms
+def _moments(x, axes):
+    """Mean and (biased) variance over ``axes``, differentiable twice.
+
+    Not ``tf.nn.moments``: it computes the variance around stop_gradient(mean),
+    which leaves the first derivative right but drops terms from the second,
+    and MAML differentiates the inner gradient.
+    """
+    mean = tf.reduce_mean(x, axes, keepdims=True)
+    var = tf.reduce_mean(tf.square(x - mean), axes, keepdims=True)
+    return mean, var
+
+
 def _normalize(spec, x, norm_params, scope, axes, ln_axes, tile=1):
     """ReLU(norm(x)) with the original's batch/layer norm conventions.
 
@@ -151,13 +166,13 @@ def _normalize(spec, x, norm_params, scope, axes, ln_axes, tile=1):
     ``tile`` repeats per-channel parameters for the grouped (T*C) layout.
     """
     if spec.norm == "batch_norm":
-        mean, var = tf.nn.moments(x, axes, keepdims=True)
+        mean, var = _moments(x, axes)
         beta = norm_params[f"{scope}/beta"]
         if tile > 1:
             beta = tf.tile(beta, [tile])
         x = (x - mean) * tf.math.rsqrt(var + BN_EPSILON) + beta
     elif spec.norm == "layer_norm":
-        mean, var = tf.nn.moments(x, ln_axes, keepdims=True)
+        mean, var = _moments(x, ln_axes)
         x = (x - mean) * tf.math.rsqrt(var + LN_EPSILON)
         x = x * norm_params[f"{scope}/gamma"] + norm_params[f"{scope}/beta"]
     return tf.nn.relu(x)

@@ -178,6 +178,19 @@ def _normalize(spec, x, norm_params, scope, axes, ln_axes, tile=1):
     return tf.nn.relu(x)
 
 
+def _conv(h, kernel, strides, groups):
+    """3x3 'SAME' convolution; ``groups`` > 1 is the grouped (one group per task) form.
+
+    TF's CPU kernels differentiate grouped convolutions in float32 only (through
+    oneDNN), so other dtypes (float64 in the tests) run the groups one by one.
+    """
+    if groups == 1 or h.dtype == tf.float32:
+        return tf.nn.conv2d(h, kernel, strides, "SAME")
+    hs = tf.split(h, groups, axis=-1)
+    ks = tf.split(kernel, groups, axis=-1)
+    return tf.concat([tf.nn.conv2d(a, k, strides, "SAME") for a, k in zip(hs, ks)], axis=-1)
+
+
 def _forward_fc(spec, x, w, norm_params, batched):
     n_layers = len(spec.dim_hidden) + 1
     scopes = spec.norm_scopes
@@ -212,7 +225,7 @@ def _forward_conv(spec, x, w, norm_params, batched):
             kh, kw, cin, cout = kernel.shape[1:]
             kernel = tf.reshape(tf.transpose(kernel, [1, 2, 3, 0, 4]), [kh, kw, cin, t * cout])
             bias = tf.reshape(bias, [t * cout])
-        h = tf.nn.conv2d(h, kernel, strides, "SAME") + bias
+        h = _conv(h, kernel, strides, t if batched else 1) + bias
         if batched and spec.norm == "layer_norm":
             hs = tf.shape(h)
             h5 = tf.reshape(h, [hs[0], hs[1], hs[2], t, -1])

@@ -79,8 +79,6 @@ def test_test_mode_writes_the_original_csv_and_pickle(trained):
     assert again.returncode == 0
     with open(f"{stem}.csv") as f:
         assert list(csv.reader(f)) == rows
-    # Inner steps help a meta-trained model (alpha = 0.01, K = 5).
-    assert means[10] < means[1]
 
 
 def test_resume_continues_exactly(tmp_path):

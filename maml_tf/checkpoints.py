@@ -58,15 +58,16 @@ class CheckpointManager:
         self.iteration.assign(iterations_done)
         self.sampler_state.assign(sampler_state or "")
         path = self.checkpoint.write(self.path_for(itr))
-        kept = [p for p in self.all_checkpoints() if p != path] + [path]
-        for old in kept[:-self.max_to_keep]:
-            for f in tf.io.gfile.glob(old + ".*"):
-                tf.io.gfile.remove(f)
-        kept = kept[-self.max_to_keep:]
-        # Relative names, so that a log directory can be moved or copied.
+        listed = [p for p in self.all_checkpoints() if p != path] + [path]
+        kept, dropped = listed[-self.max_to_keep:], listed[:-self.max_to_keep]
+        # The index names a checkpoint only once it is completely written (relative
+        # names, so that a log directory can be moved); old ones go only after that.
         tf.compat.v1.train.update_checkpoint_state(
             self.directory, model_checkpoint_path=os.path.basename(path),
             all_model_checkpoint_paths=[os.path.basename(p) for p in kept])
+        for old in dropped:
+            for f in tf.io.gfile.glob(old + ".*"):
+                tf.io.gfile.remove(f)
         return path
 
     def restore(self, path, weights_only=False):

@@ -41,6 +41,8 @@ flags.DEFINE_integer("num_test_tasks", 600, "number of tasks evaluated by --trai
 flags.DEFINE_integer("test_seed", 1, "seed of the fixed evaluation tasks of --train=False (the original seeded numpy with 1).")
 flags.DEFINE_enum("task_mode", "batched", ["batched", "loop"], "process the tasks of a meta-batch together (batched) or one after another (loop); both compute the same.")
 flags.DEFINE_string("init_checkpoint", "", "prefix of a checkpoint written by the original TF1 code (e.g. .../model59000) to start from: tested with --train=False, or meta-trained further.")
+flags.DEFINE_enum("distribution", "none", ["none", "mirrored", "multi_worker"], "meta-train under tf.distribute: mirrored (the GPUs of one machine), multi_worker (several machines, set by TF_CONFIG); the meta-batch is split across replicas and must be divisible by their number.")
+flags.DEFINE_integer("cpu_devices", 0, "split the CPU into this many logical devices for --distribution (testing without GPUs).")
 flags.DEFINE_bool("xla", False, "compile the training step with XLA (jit_compile=True).")
 
 FLAGS = flags.FLAGS

@@ -40,7 +40,10 @@ FLAGS = maml_flags.FLAGS
 
 def config_from_flags(flag_values=FLAGS):
     """A plain Config from the parsed flags (library code never reads FLAGS)."""
-    return Config(**{f.name: flag_values[f.name].value for f in dataclasses.fields(Config)})
+    names = [f.name for f in dataclasses.fields(Config) if f.name != "explicit"]
+    values = {n: flag_values[n].value for n in names}
+    values["explicit"] = tuple(n for n in names if flag_values[n].present)
+    return Config(**values)
 
 
 def main(argv):

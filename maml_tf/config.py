@@ -53,6 +53,10 @@ class Config:
     test_seed: int = 1
     task_mode: str = "batched"
     init_checkpoint: str = ""
+    distribution: str = "none"
+    cpu_devices: int = 0
+    # names of the flags given on the command line (for contradiction checks)
+    explicit: tuple = ()
     xla: bool = False
 
     # ------------------------------------------------------------ derived rules
@@ -175,6 +179,20 @@ class Config:
             raise UsageError(f"--num_filters={self.num_filters} must be at least 1")
         if self.task_mode not in ("batched", "loop"):
             raise UsageError(f"--task_mode={self.task_mode!r} is unknown: use batched or loop")
+        if self.datasource == "sinusoid":
+            given = [f"--{n}" for n in ("conv", "max_pool", "num_filters") if n in self.explicit]
+            if self.max_pool and "--max_pool" not in given:
+                given.append("--max_pool")
+            if given:
+                raise UsageError(f"{', '.join(given)} only apply to the image data sources: the sinusoid "
+                                 f"network is the original's fc 40-40; drop {', '.join(given)} or use "
+                                 f"--datasource=omniglot/miniimagenet")
+        if self.distribution not in ("none", "mirrored", "multi_worker"):
+            raise UsageError(f"--distribution={self.distribution!r} is unknown: use none, mirrored or multi_worker")
+        if self.cpu_devices and self.distribution == "none":
+            raise UsageError("--cpu_devices splits the CPU for a tf.distribute strategy: add --distribution=mirrored")
+        if self.cpu_devices < 0:
+            raise UsageError(f"--cpu_devices={self.cpu_devices} must not be negative")
         if self.train and self.total_iterations == 0:
             raise UsageError("nothing to train: set --metatrain_iterations or --pretrain_iterations above 0, or --train=False to test")
         return self

@@ -53,9 +53,9 @@ CACHE_VERSION = 1
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _STATE_FORMAT = "maml_tf.image_data.EpisodeSampler/1"
 
-_OMNIGLOT_FIX = ("create it with: python data/prepare_omniglot.py --source "
+_OMNIGLOT_FIX = ("(re)create it with: python data/prepare_omniglot.py --source "
                  "images_background.zip images_evaluation.zip --output {path}")
-_MINI_FIX = ("create it with: python data/prepare_miniimagenet.py --csv_dir CSV_DIR "
+_MINI_FIX = ("(re)create it with: python data/prepare_miniimagenet.py --csv_dir CSV_DIR "
              "--images_dir IMAGES_DIR --output {path} (or --pickle_dir PICKLE_DIR)")
 
 
@@ -127,6 +127,7 @@ def _decode_files(paths, shape, fix):
 
     h, w, c = shape
 
+    @tf.autograph.experimental.do_not_convert
     def decode(path):
         data = tf.io.read_file(path)
         is_png = tf.equal(tf.strings.substr(data, 0, len(_PNG_SIGNATURE)), _PNG_SIGNATURE)
@@ -224,23 +225,23 @@ def _cache_write(candidates, key, images, names):
     return None
 
 
-def _load_grouped(root, groups, shape, cache_name, fix, cache, cache_dir):
+def _load_grouped(root, groups, shape, cache_root, cache_name, fix, cache, cache_dir):
     """Decode ``groups`` (class name -> sorted image names under root/class) into
-    [num_classes, images_per_class, H, W, C], through the cache."""
+    [num_classes, images_per_class, H, W, C], through the cache (cache_root/.cache/...)."""
     names = list(groups)
     counts = {len(v) for v in groups.values()}
     if len(counts) != 1:
         lo = min(names, key=lambda n: len(groups[n]))
         hi = max(names, key=lambda n: len(groups[n]))
         raise DataError(f"class folders in {root} hold different numbers of images "
-                        f"({lo}: {len(groups[lo])}, {hi}: {len(groups[hi])}); finish or redo "
-                        f"the preparation, {fix}")
+                        f"({lo}: {len(groups[lo])}, {hi}: {len(groups[hi])}); rerun the "
+                        f"preparation, which completes what is missing: {fix}")
     per_class = counts.pop()
     if per_class == 0:
         raise DataError(f"the class folders in {root} hold no images; {fix}")
     relpaths = [f"{n}/{f}" for n in names for f in groups[n]]
     key = _file_key(root, relpaths, shape) if cache else None
-    candidates = _cache_candidates(root, cache_name, cache_dir) if cache else []
+    candidates = _cache_candidates(cache_root, cache_name, cache_dir) if cache else []
     for path in candidates:
         hit = _cache_read(path, key)
         if hit is not None and hit[1] == names and hit[0].shape == (
@@ -260,7 +261,7 @@ def load_omniglot(omniglot_dir, *, cache=True, cache_dir=None):
     fix = _OMNIGLOT_FIX.format(path=omniglot_dir)
     characters = list_omniglot_characters(omniglot_dir)
     groups = {c: _list_images(os.path.join(omniglot_dir, c)) for c in characters}
-    images, names = _load_grouped(omniglot_dir, groups, OMNIGLOT_SHAPE,
+    images, names = _load_grouped(omniglot_dir, groups, OMNIGLOT_SHAPE, omniglot_dir,
                                   "omniglot_28x28x1.npz", fix, cache, cache_dir)
     if len(names) != OMNIGLOT_NUM_CHARACTERS:
         _warn(f"{omniglot_dir} has {len(names)} characters; the full Omniglot set has "
@@ -317,7 +318,7 @@ def load_miniimagenet_split(miniimagenet_dir, split, *, cache=True, cache_dir=No
     groups = {w: _list_images(os.path.join(root, w)) for w in _subdirs(root)}
     if not groups:
         raise DataError(f"miniImageNet folder {root} has no <wnid> class folders; {fix}")
-    images, names = _load_grouped(root, groups, MINIIMAGENET_SHAPE,
+    images, names = _load_grouped(root, groups, MINIIMAGENET_SHAPE, miniimagenet_dir,
                                   f"miniimagenet_{split}_84x84x3.npz", fix, cache, cache_dir)
     if len(names) != MINIIMAGENET_NUM_CLASSES[split]:
         _warn(f"{root} has {len(names)} classes; the standard miniImageNet {split} split "

@@ -1,7 +1,9 @@
 """Meta-training and evaluation loops, as the original main.py's train() and test()."""
+import contextlib
 import csv
 import os
 import pickle
+import shutil
 import signal
 import sys
 import time
@@ -12,6 +14,7 @@ from tensorflow.core.framework import summary_pb2
 
 from maml_tf.checkpoints import CheckpointManager
 from maml_tf.config import UsageError
+from maml_tf.distribute import Stepper, is_chief, make_strategy, worker_id
 from maml_tf.maml import MAML
 from maml_tf.networks import build_network
 from maml_tf.tasks import make_task_source
@@ -85,12 +88,21 @@ def train(cfg, out=print):
 
     Returns the list of (iteration, metrics) recorded at each summary interval.
     """
-    model = build_model(cfg)
+    strategy = make_strategy(cfg.distribution, cfg.cpu_devices)  # first: it may split the CPU
+    chief = is_chief(strategy)
+    if not chief:
+        out = lambda *a, **k: None  # noqa: E731  (one worker reports)
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        model = build_model(cfg)
+    stepper = Stepper(model, strategy, cfg.meta_batch_size)
     source = make_task_source(cfg, "train")
     val_source = None
     if cfg.datasource != "sinusoid":
         val_source = make_task_source(cfg, "test" if cfg.test_set else "val", seed=cfg.seed + 1)
+    _check_logdir(cfg.logdir)
     manager = CheckpointManager(cfg.exp_dir, model)
+    writer_manager = manager if chief else CheckpointManager(
+        os.path.join(cfg.exp_dir, f".worker{worker_id(strategy)}"), model, max_to_keep=1)
     start = 0
     latest = manager.latest() if cfg.resume else None
     if cfg.init_checkpoint and not latest:
@@ -102,7 +114,7 @@ def train(cfg, out=print):
         out(f"Restoring model weights from {latest} (resuming at iteration {start})")
     os.makedirs(cfg.exp_dir, exist_ok=True)
     writer = val_writer = None
-    if cfg.log:
+    if cfg.log and chief:
         writer = tf.summary.create_file_writer(cfg.exp_dir)
         if val_source is not None:
             val_writer = tf.summary.create_file_writer(os.path.join(cfg.exp_dir, "val"))
@@ -127,7 +139,7 @@ def train(cfg, out=print):
                                       "preacc": float(accs[0]), "postacc": float(accs[cfg.num_updates])}))
                 if writer is not None:
                     _write_scalars(writer, "metatrain_", itr, losses, accs, cfg.classification)
-            metrics = model.pretrain_step(*batch) if pretraining else model.metatrain_step(*batch)
+            metrics = stepper.pretrain_step(*batch) if pretraining else stepper.metatrain_step(*batch)
             loss_key = "preloss" if pretraining else "postloss"
             if not (np.isfinite(metrics[loss_key]) and metrics["grad_finite"]):
                 raise NonFiniteError(
@@ -143,7 +155,7 @@ def train(cfg, out=print):
                     out(f"{label}: {np.mean(pre)}, {np.mean(post)} ({time.time() - t0:.1f}s)")
                 pre, post, pre_acc, post_acc = [], [], [], []
             if itr != 0 and itr % cfg.save_interval == 0:
-                last_saved = manager.save(itr, itr + 1, source.get_state())
+                last_saved = writer_manager.save(itr, itr + 1, source.get_state())
             if val_source is not None and itr != 0 and itr % test_print_interval == 0:
                 vl, va = model.evaluate(*val_source.sample(), num_steps=cfg.eval_num_updates)
                 vl, va = vl.mean(0), va.mean(0)
@@ -154,19 +166,31 @@ def train(cfg, out=print):
                 if val_writer is not None:
                     _write_scalars(val_writer, "metaval_", itr, vl, va, cfg.classification)
             if stop.signum is not None:
-                if last_saved != manager.path_for(itr):
-                    manager.save(itr, itr + 1, source.get_state())
+                if last_saved != writer_manager.path_for(itr):
+                    writer_manager.save(itr, itr + 1, source.get_state())
                 out(f"Stopped by signal {stop.signum} after iteration {itr}; saved {manager.path_for(itr)}. "
                     f"Rerun the same command to resume.")
                 _flush(writer, val_writer)
                 sys.exit(128 + stop.signum)
     if itr >= start:
-        if last_saved != manager.path_for(itr):
-            manager.save(itr, itr + 1, source.get_state())
+        if last_saved != writer_manager.path_for(itr):
+            writer_manager.save(itr, itr + 1, source.get_state())
     else:
         out(f"Nothing to do: {cfg.exp_dir} already holds all {total} iterations.")
     _flush(writer, val_writer)
+    if not chief:
+        shutil.rmtree(writer_manager.directory, ignore_errors=True)
     return history
+
+
+def _check_logdir(logdir):
+    if os.path.exists(logdir) and not os.path.isdir(logdir):
+        raise UsageError(f"--logdir={logdir} is a file, not a folder: choose another --logdir")
+    probe = logdir
+    while not os.path.exists(probe):
+        probe = os.path.dirname(os.path.abspath(probe))
+    if not os.access(probe, os.W_OK):
+        raise UsageError(f"--logdir={logdir} is not writable (no write permission on {probe}): choose another --logdir")
 
 
 def _load_init_checkpoint(model, cfg, out):

@@ -55,9 +55,10 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     from maml_tf import train as training  # imports TensorFlow
     training.tf.get_logger().setLevel("ERROR")
+    from maml_tf.image_data import DataError
     try:
         training.run(config_from_flags())
-    except UsageError as e:
+    except (UsageError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except training.NonFiniteError as e:

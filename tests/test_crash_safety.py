@@ -1,0 +1,115 @@
+"""Killed runs resume without losing more than the iterations since the last checkpoint."""
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from tests.conftest import REPO_ROOT
+
+SINE = ["--datasource=sinusoid", "--norm=None", "--update_batch_size=5", "--update_lr=0.01",
+        "--save_interval=50"]
+EXP = "cls_5.mbs_25.ubs_5.numstep1.updatelr0.01nonorm"
+ENV = dict(os.environ, PYTHONUNBUFFERED="1")
+
+
+def _state(prefix):
+    reader = tf.train.load_checkpoint(prefix)
+    return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
+            if k != "_CHECKPOINTABLE_OBJECT_GRAPH"}
+
+
+def _run(args, timeout=300):
+    return subprocess.run([sys.executable, "main.py", *args], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=timeout, env=ENV)
+
+
+def _start(args):
+    return subprocess.Popen([sys.executable, "main.py", *args], cwd=REPO_ROOT, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for(proc, text, timeout=120):
+    """Read the child's output until ``text`` appears; returns what was read."""
+    seen, end = "", time.time() + timeout
+    while time.time() < end:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen += line
+        if text in line:
+            return seen
+    raise AssertionError(f"{text!r} never appeared:\n{seen}")
+
+
+def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(tmp_path):
+    total = ["--metatrain_iterations=400"]
+    ref, killed = tmp_path / "ref", tmp_path / "killed"
+    assert _run(SINE + total + [f"--logdir={ref}"]).returncode == 0
+    rng = random.Random(0)
+    resumed_at = []
+    for _ in range(3):  # bounded: three kills, then a run to the end
+        proc = _start(SINE + total + [f"--logdir={killed}"])
+        out = _wait_for(proc, "starting training")
+        time.sleep(rng.uniform(0.3, 2.5))
+        proc.send_signal(signal.SIGKILL)
+        out += proc.communicate()[0]
+        resumed_at += [line for line in out.splitlines() if "resuming at iteration" in line]
+    final = _run(SINE + total + [f"--logdir={killed}"])
+    assert final.returncode == 0, final.stdout + final.stderr
+    resumed_at += [line for line in final.stdout.splitlines() if "resuming at iteration" in line]
+    # Every resume starts right after a saved checkpoint (a multiple of --save_interval).
+    for line in resumed_at:
+        itr = int(line.split("resuming at iteration")[1].split(")")[0])
+        assert itr % 50 == 1, line
+    a, b = _state(str(ref / EXP / "model399")), _state(str(killed / EXP / "model399"))
+    assert a.keys() == b.keys()
+    for k in a:  # weights, both Adam optimisers, iteration count, sampler state
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_half_written_checkpoint_is_never_taken(tmp_path):
+    run = _run(SINE + ["--metatrain_iterations=101", f"--logdir={tmp_path}"])
+    assert run.returncode == 0
+    exp = tmp_path / EXP
+    # A crash in the middle of writing model150: files with the final names, no index entry.
+    (exp / "model150.data-00000-of-00001").write_bytes(b"\0garbage")
+    (exp / "model150.index").write_bytes(b"\0garbage")
+    resumed = _run(SINE + ["--metatrain_iterations=201", f"--logdir={tmp_path}"])
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "model100 (resuming at iteration 101)" in resumed.stdout
+
+
+def test_sigterm_saves_then_resumes(tmp_path):
+    proc = _start(SINE + ["--metatrain_iterations=1000000", f"--logdir={tmp_path}"])
+    _wait_for(proc, "starting training")
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 128 + signal.SIGTERM, out
+    line = next(l for l in out.splitlines() if l.startswith("Stopped by signal"))
+    itr = int(line.split("after iteration ")[1].split(";")[0])
+    assert (tmp_path / EXP / f"model{itr}.index").exists()
+    resumed = _run(SINE + [f"--metatrain_iterations={itr + 3}", f"--logdir={tmp_path}"])
+    assert f"resuming at iteration {itr + 1}" in resumed.stdout
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    assert _run(SINE + ["--metatrain_iterations=101", f"--logdir={tmp_path}"]).returncode == 0
+    exp = tmp_path / EXP
+    before = sorted(os.listdir(exp))
+    good = _state(str(exp / "model100"))
+    bad = _run(SINE + ["--metatrain_iterations=301", "--meta_lr=1e30", f"--logdir={tmp_path}"])
+    assert bad.returncode == 3, bad.stdout + bad.stderr
+    assert "non-finite" in bad.stderr and "iteration 10" in bad.stderr and "Traceback" not in bad.stderr
+    assert "model100" in bad.stderr
+    assert os.path.basename(tf.train.get_checkpoint_state(str(exp)).model_checkpoint_path) == "model100"
+    after = _state(str(exp / "model100"))
+    for k in good:
+        np.testing.assert_array_equal(good[k], after[k])
+    assert [f for f in sorted(os.listdir(exp)) if f.startswith("model")] == \
+        [f for f in before if f.startswith("model")]

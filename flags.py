@@ -36,6 +36,7 @@ flags.DEFINE_float("train_update_lr", -1, "value of inner gradient step step dur
 flags.DEFINE_integer("seed", 0, "seed for the initial weights and the training task stream; the same command twice gives the same losses.")
 flags.DEFINE_string("data_dir", "./data", "folder that holds omniglot_resized/ and miniImagenet/ (the original's ./data layout).")
 flags.DEFINE_integer("save_interval", 1000, "save a checkpoint every this many iterations (the original: 1000).")
+flags.DEFINE_integer("max_to_keep", 10, "number of newest checkpoints kept (the original: 10); raise it to select among more iterations.")
 flags.DEFINE_integer("num_query", -1, "query examples per class; -1 keeps the original's rule (K; 15 when meta-training on miniImageNet).")
 flags.DEFINE_integer("num_test_tasks", 600, "number of tasks evaluated by --train=False (the original: 600).")
 flags.DEFINE_integer("test_seed", 1, "seed of the fixed evaluation tasks of --train=False (the original seeded numpy with 1).")

@@ -48,6 +48,7 @@ class Config:
     seed: int = 0
     data_dir: str = "./data"
     save_interval: int = 1000
+    max_to_keep: int = 10
     num_query: int = -1
     num_test_tasks: int = 600
     test_seed: int = 1
@@ -163,7 +164,7 @@ class Config:
             raise UsageError(f"--baseline={self.baseline!r} is unknown: use oracle or leave it unset")
         if self.baseline == "oracle" and self.datasource != "sinusoid":
             raise UsageError("--baseline=oracle feeds the sinusoid's amplitude and phase: it only works with --datasource=sinusoid")
-        for name in ("meta_batch_size", "update_batch_size", "num_test_tasks", "save_interval"):
+        for name in ("meta_batch_size", "update_batch_size", "num_test_tasks", "save_interval", "max_to_keep"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name}={getattr(self, name)} must be at least 1")
         if self.num_updates < 1:

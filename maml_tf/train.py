@@ -100,7 +100,7 @@ def train(cfg, out=print):
     if cfg.datasource != "sinusoid":
         val_source = make_task_source(cfg, "test" if cfg.test_set else "val", seed=cfg.seed + 1)
     _check_logdir(cfg.logdir)
-    manager = CheckpointManager(cfg.exp_dir, model)
+    manager = CheckpointManager(cfg.exp_dir, model, max_to_keep=cfg.max_to_keep)
     writer_manager = manager if chief else CheckpointManager(
         os.path.join(cfg.exp_dir, f".worker{worker_id(strategy)}"), model, max_to_keep=1)
     start = 0
@@ -196,8 +196,8 @@ def _check_logdir(logdir):
 def _load_init_checkpoint(model, cfg, out):
     """Start from a checkpoint of the original TF1 code (--init_checkpoint)."""
     from maml_tf.tf1_checkpoint import load_tf1_checkpoint
-    load_tf1_checkpoint(model, cfg.init_checkpoint)
-    out(f"Loaded original TF1 checkpoint {cfg.init_checkpoint}")
+    report = load_tf1_checkpoint(model, cfg.init_checkpoint)
+    out(f"Loaded original TF1 checkpoint {cfg.init_checkpoint}: {report}")
 
 
 def _flush(*writers):

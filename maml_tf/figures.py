@@ -1,0 +1,238 @@
+"""The paper's sinusoid figures, from trained runs: ``python -m maml_tf.figures --logdir LOGS --out DIR``.
+
+Figure 2: for a few sinusoid tasks, the true curve, the K points used for the
+inner gradient steps, and the prediction before adaptation and after 1 and 10
+steps, for MAML (K=5, K=10) beside the pretrained model (K=5 with step 0.01,
+K=10 with step 0.02), read from the runs' checkpoints.
+
+Figure 3: mean squared error against the number of inner gradient steps, for
+K=5 and K=10, MAML against the pretrained model and the oracle, read from the
+runs' test CSVs (mean with its 95% confidence band).
+
+The runs are the sinusoid experiments of :mod:`maml_tf.experiments`, found under
+LOGS/sine (``--budget``: LOGS/budget/sine) as ``reproduce/run.py`` leaves them.
+matplotlib is an optional dependency (``pip install matplotlib``).
+"""
+import argparse
+import os
+import sys
+
+import numpy as np
+
+FIG2_PANELS = [  # (experiment, column title)
+    ("sinusoid-maml-k5", "MAML, K=5"),
+    ("sinusoid-maml-k10", "MAML, K=10"),
+    ("sinusoid-pretrained-k5", "pretrained, K=5, step size=0.01"),
+    ("sinusoid-pretrained-k10", "pretrained, K=10, step size=0.02"),
+]
+FIG3_CURVES = [  # (experiment suffix, label, colour, style)
+    ("maml", "MAML (ours)", "tab:green", "-"),
+    ("pretrained", "pretrained, step={lr}", "tab:blue", "--"),
+    ("oracle", "oracle", "tab:red", ":"),
+]
+STEPS = (0, 1, 10)
+X_RANGE = (-5.0, 5.0)
+
+
+class FiguresError(ValueError):
+    """Missing matplotlib, runs or files; the message says what to do."""
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend, or a FiguresError saying how to install it."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise FiguresError("the figures need matplotlib, which is not installed: "
+                           "pip install matplotlib (or pip install 'maml-tf[plot]')") from None
+    return plt
+
+
+# ------------------------------------------------------------------------------ data
+def adapt_predictions(model, x_support, y_support, x_grid, lr, steps=STEPS):
+    """{j: predictions on x_grid after j inner gradient steps} for j in ``steps``:
+    plain gradient descent with step ``lr`` on the MSE of the K support points,
+    from the model's meta-learned weights, as its inner loop."""
+    import tensorflow as tf
+    fast = dict(model.weights)
+    xs, ys = tf.constant(x_support, tf.float32), tf.constant(y_support, tf.float32)
+    grid = tf.constant(x_grid, tf.float32)
+    out = {}
+    for j in range(max(steps) + 1):
+        if j in steps:
+            out[j] = model.forward(grid, fast).numpy()[:, 0]
+        if j == max(steps):
+            break
+        with tf.GradientTape() as tape:
+            tape.watch(list(fast.values()))
+            loss = model.loss(model.forward(xs, fast), ys)
+        grads = tape.gradient(loss, fast)
+        fast = {k: fast[k] - lr * grads[k] for k in fast}
+    return out
+
+
+def load_run_model(cfg, iteration=None):
+    """The model of ``cfg``'s run, restored from model<iteration> (default: the newest)."""
+    from maml_tf.checkpoints import CheckpointManager
+    from maml_tf.results import latest_checkpoint_iteration
+    from maml_tf.train import build_model
+    itr = latest_checkpoint_iteration(cfg.exp_dir) if iteration is None else iteration
+    if itr is None:
+        raise FiguresError(f"no checkpoint in {cfg.exp_dir}")
+    model = build_model(cfg)
+    CheckpointManager(cfg.exp_dir, model).restore(os.path.join(cfg.exp_dir, f"model{itr}"), weights_only=True)
+    return model, itr
+
+
+def sample_tasks(num_tasks, k_max=10, seed=0):
+    """[(amplitude, phase, x [k_max, 1], y [k_max, 1])]: sinusoid tasks from the meta-training
+    distribution (A in [0.1, 5], phase in [0, pi], x in [-5, 5]); the first K points are used."""
+    rng = np.random.RandomState(seed)
+    tasks = []
+    for _ in range(num_tasks):
+        amp, phase = rng.uniform(0.1, 5.0), rng.uniform(0.0, np.pi)
+        x = rng.uniform(X_RANGE[0], X_RANGE[1], [k_max, 1])
+        tasks.append((amp, phase, x, amp * np.sin(x - phase)))
+    return tasks
+
+
+# ------------------------------------------------------------------------------ figures
+def figure2(panels, tasks, path, grid_points=200):
+    """Write Figure 2.  ``panels``: [(title, model, K, step size)]; ``tasks``: from
+    :func:`sample_tasks`.  One row per task, one column per panel."""
+    plt = pyplot()
+    x_grid = np.linspace(X_RANGE[0], X_RANGE[1], grid_points)[:, None]
+    rows, cols = len(tasks), len(panels)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
+    greens = {0: "#9be39b", 1: "#2ca02c", 10: "#0b4f0b"}
+    blues = {0: "#9ecae1", 1: "#3182bd", 10: "#08306b"}
+    for r, (amp, phase, xs, ys) in enumerate(tasks):
+        for c, (title, model, k, lr) in enumerate(panels):
+            ax = axes[r][c]
+            preds = adapt_predictions(model, xs[:k], ys[:k], x_grid, lr)
+            shades = greens if title.lower().startswith("maml") else blues
+            ax.plot(x_grid[:, 0], amp * np.sin(x_grid[:, 0] - phase), color="red", lw=2, label="ground truth")
+            for j in STEPS:
+                label = "pre-update" if j == 0 else f"{j} grad step" + ("s" if j > 1 else "")
+                ax.plot(x_grid[:, 0], preds[j], ls="--", color=shades[j], lw=1.5, label=label)
+            ax.plot(xs[:k, 0], ys[:k, 0], "^", color="purple", ms=8, label="used for grad")
+            ax.set_xlim(*X_RANGE)
+            ax.set_ylim(-5.5, 5.5)
+            if r == 0:
+                ax.set_title(title)
+            if r == rows - 1:
+                ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+    return path
+
+
+def figure3(curves, path):
+    """Write Figure 3.  ``curves``: {K: [(label, TestCSV, colour, linestyle)]}, one panel per K."""
+    plt = pyplot()
+    ks = sorted(curves)
+    fig, axes = plt.subplots(1, len(ks), figsize=(5 * len(ks), 4), squeeze=False)
+    for ax, k in zip(axes[0], ks):
+        for label, data, colour, style in curves[k]:
+            steps = np.arange(len(data.means))
+            ax.plot(steps, data.means, style, color=colour, marker="o", ms=3, label=label)
+            ax.fill_between(steps, data.means - data.ci95, data.means + data.ci95, color=colour, alpha=0.2)
+        ax.set_title(f"k-shot regression, k={k}")
+        ax.set_xlabel("number of gradient steps")
+        ax.set_ylabel("mean squared error")
+        ax.set_ylim(bottom=0)
+        ax.legend()
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+    return path
+
+
+def _save(fig, path):
+    d = os.path.dirname(path)
+    if d:
+        os.makedirs(d, exist_ok=True)
+    fig.savefig(path, dpi=100)
+
+
+# ------------------------------------------------------------------------------ from runs
+def _run_config(name, logroot, budget):
+    from maml_tf.experiments import BY_NAME
+    e = BY_NAME[name]
+    return e, e.config(budget=budget, test=True, logroot=logroot)
+
+
+def _how_to_make(name, budget):
+    return f"python reproduce/run.py --experiment {name}" + (" --budget" if budget else "")
+
+
+def figure3_curves(logroot, budget=False):
+    """{K: [(label, TestCSV, colour, style)]} from the test CSVs present; and the missing ones."""
+    from maml_tf.results import ResultsError, read_test_csv
+    curves, missing = {}, []
+    for k in (5, 10):
+        for kind, label, colour, style in FIG3_CURVES:
+            name = f"sinusoid-{kind}-k{k}"
+            e, cfg = _run_config(name, logroot, budget)
+            path = os.path.join(cfg.exp_dir, cfg.test_csv_stem + ".csv")
+            try:
+                data = read_test_csv(path)
+            except ResultsError:
+                missing.append(name)
+                continue
+            curves.setdefault(k, []).append((label.format(lr=cfg.update_lr), data, colour, style))
+    return curves, missing
+
+
+def make_figures(logroot, out_dir, budget=False, seed=0, rows=3, out=print):
+    """Write figure2.png and figure3.png into ``out_dir`` from the sinusoid runs under
+    ``logroot``; returns the paths written.  A figure whose runs are all missing is an
+    error; missing parts are reported through ``out``."""
+    pyplot()  # fail first, and clearly, without matplotlib
+    written = []
+    curves, missing = figure3_curves(logroot, budget)
+    if not curves:
+        raise FiguresError(f"no sinusoid test CSVs under {logroot}{'/budget' if budget else ''}/sine: run "
+                           f"{_how_to_make('sinusoid-*', budget)} first")
+    for name in missing:
+        out(f"Figure 3: no test CSV for {name} (make it with: {_how_to_make(name, budget)})")
+    written.append(figure3(curves, os.path.join(out_dir, "figure3.png")))
+    panels = []
+    for name, title in FIG2_PANELS:
+        e, cfg = _run_config(name, logroot, budget)
+        try:
+            model, itr = load_run_model(cfg)
+        except FiguresError:
+            out(f"Figure 2: no checkpoint for {name} in {cfg.exp_dir} (make it with: {_how_to_make(name, budget)})")
+            continue
+        panels.append((title, model, cfg.update_batch_size, cfg.update_lr))
+    if not panels:
+        raise FiguresError(f"no sinusoid checkpoints under {logroot}: run {_how_to_make('sinusoid-*', budget)} first")
+    written.append(figure2(panels, sample_tasks(rows, seed=seed), os.path.join(out_dir, "figure2.png")))
+    for p in written:
+        out(f"Wrote {p}")
+    return written
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m maml_tf.figures",
+                                     description="The paper's Figures 2 and 3 (sinusoid) as PNG files.")
+    parser.add_argument("--logdir", required=True, help="log root of reproduce/run.py (holds sine/ and budget/sine/)")
+    parser.add_argument("--out", default="figures", help="folder for figure2.png and figure3.png")
+    parser.add_argument("--budget", action="store_true", help="use the budget-length runs (LOGDIR/budget/sine)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the Figure 2 tasks")
+    parser.add_argument("--rows", type=int, default=3, help="number of tasks (rows) in Figure 2")
+    args = parser.parse_args(argv)
+    try:
+        make_figures(args.logdir, args.out, args.budget, args.seed, args.rows)
+    except FiguresError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

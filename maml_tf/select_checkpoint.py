@@ -1,0 +1,140 @@
+"""Model selection: evaluate every saved checkpoint of a run on the meta-validation set.
+
+    python -m maml_tf.select_checkpoint <the training command's main.py flags> \\
+        [--column=N] [--num_tasks=600] [--select_seed=2] [--split=val]
+
+Finds the run's folder from the flags (as ``main.py --train=False`` does),
+evaluates each ``model<itr>`` checkpoint there on ``--num_tasks`` fixed tasks of
+the meta-validation split with the test protocol (meta-batch 1, 10 inner steps,
+K query examples per class), and names the iteration with the best value in
+column N (accuracy: highest; sinusoid MSE: lowest); N defaults to the last
+column (10 inner steps).  Test that one with ``--train=False --test_iter=ITR``.
+
+The validation tasks use their own seed (``--select_seed``, default 2), so they
+differ from the ones ``--train=False`` draws with ``--test_seed`` (default 1):
+for the sinusoid, whose splits share one distribution, this keeps selection and
+testing apart.  Writes ``model_selection.csv`` and ``model_selection.json`` into
+the run's folder.
+
+Only the checkpoints still on disk are seen: the trainer keeps the newest 10 (as
+the original), so with the default --save_interval=1000 the last 10,000 iterations.
+"""
+import csv
+import dataclasses
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+from maml_tf.config import UsageError
+
+SELECT_FLAGS = {"column": int, "num_tasks": int, "select_seed": int, "split": str}
+
+
+@dataclasses.dataclass
+class Selection:
+    exp_dir: str
+    column: int
+    metric: str                # 'accuracy' or 'mse'
+    iterations: list           # [itr]
+    means: np.ndarray          # [n_ckpt] value in `column`
+    ci95: np.ndarray
+    best_iteration: int
+
+    def table(self):
+        unit = "accuracy (%)" if self.metric == "accuracy" else "MSE"
+        scale = 100.0 if self.metric == "accuracy" else 1.0
+        lines = [f"| checkpoint | {unit} after {self.column} steps |", "|---|---|"]
+        for itr, m, c in zip(self.iterations, self.means, self.ci95):
+            mark = " **best**" if itr == self.best_iteration else ""
+            lines.append(f"| model{itr} | {scale * m:.3f} ± {scale * c:.3f}{mark} |")
+        return "\n".join(lines)
+
+
+def select_checkpoint(cfg, column=None, num_tasks=600, seed=2, split="val", out=print):
+    """Evaluate every checkpoint of ``cfg``'s run; returns a :class:`Selection`.
+
+    ``cfg`` is a test-mode Config (train=False) whose exp_dir is the run's folder.
+    """
+    from maml_tf.checkpoints import CheckpointManager
+    from maml_tf.results import checkpoint_iterations
+    from maml_tf.train import build_model, evaluate_tasks
+
+    iterations = checkpoint_iterations(cfg.exp_dir)
+    if not iterations:
+        raise UsageError(f"no checkpoint model<itr> in {cfg.exp_dir}: pass the training command's flags "
+                         f"(--logdir and the ones that name the run's folder)")
+    column = cfg.eval_num_updates if column is None or column < 0 else column
+    if column > cfg.eval_num_updates:
+        raise UsageError(f"--column={column}: the evaluation runs {cfg.eval_num_updates} inner steps")
+    model = build_model(cfg)
+    manager = CheckpointManager(cfg.exp_dir, model)
+    means, cis = [], []
+    for itr in iterations:
+        t0 = time.time()
+        manager.restore(manager.path_for(itr), weights_only=True)
+        rows = evaluate_tasks(cfg, model, split, num_tasks=num_tasks, seed=seed)
+        col = rows[:, column]
+        means.append(col.mean())
+        cis.append(1.96 * col.std() / np.sqrt(len(col)))
+        out(f"model{itr}: {means[-1]:.4f} ± {cis[-1]:.4f} after {column} steps ({time.time() - t0:.1f}s)")
+    means, cis = np.array(means), np.array(cis)
+    metric = "accuracy" if cfg.classification else "mse"
+    best = int(np.argmax(means) if metric == "accuracy" else np.argmin(means))
+    return Selection(cfg.exp_dir, column, metric, iterations, means, cis, iterations[best])
+
+
+def write_selection(sel, split, num_tasks, seed):
+    with open(os.path.join(sel.exp_dir, "model_selection.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["iteration", f"mean_update{sel.column}", f"ci95_update{sel.column}"])
+        for itr, m, c in zip(sel.iterations, sel.means, sel.ci95):
+            w.writerow([itr, repr(float(m)), repr(float(c))])
+    record = {"best_iteration": sel.best_iteration, "column": sel.column, "metric": sel.metric,
+              "split": split, "num_tasks": num_tasks, "seed": seed,
+              "results": {f"model{i}": [float(m), float(c)]
+                          for i, m, c in zip(sel.iterations, sel.means, sel.ci95)}}
+    path = os.path.join(sel.exp_dir, "model_selection.json")
+    with open(path, "w") as f:
+        json.dump(record, f, indent=1)
+    return path
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help", "--helpfull") for a in argv):
+        print(__doc__)
+        return 0
+    from maml_tf.experiments import config_from_flags, parse_flags
+    try:
+        values, rest = parse_flags(argv)
+        opts = {"column": -1, "num_tasks": 600, "select_seed": 2, "split": "val"}
+        for a in rest:
+            name, eq, v = a[2:].partition("=") if a.startswith("--") else (a, "", "")
+            if name not in SELECT_FLAGS or not eq:
+                raise UsageError(f"unknown argument {a}: give main.py flags and --column, --num_tasks, "
+                                 f"--select_seed, --split as --name=value")
+            try:
+                opts[name] = SELECT_FLAGS[name](v)
+            except ValueError:
+                raise UsageError(f"--{name}={v} is not a valid {SELECT_FLAGS[name].__name__}") from None
+        if opts["split"] not in ("val", "test", "train"):
+            raise UsageError(f"--split={opts['split']}: use val (the meta-validation set)")
+        values["train"] = False
+        cfg = config_from_flags(values)
+        sel = select_checkpoint(cfg, opts["column"], opts["num_tasks"], opts["select_seed"], opts["split"])
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    path = write_selection(sel, opts["split"], opts["num_tasks"], opts["select_seed"])
+    print(sel.table())
+    print(f"Best: model{sel.best_iteration} (wrote {path}); test it with --train=False "
+          f"--test_iter={sel.best_iteration}")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""The sinusoid figures (maml_tf.figures) from the checkpoints and CSVs of short real runs."""
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from maml_tf import figures, results
+from maml_tf.experiments import BY_NAME
+from test_results import REPO, sinusoid_logroot  # the short real runs, made once per session
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_size(path):
+    with open(path, "rb") as f:
+        head = f.read(24)
+    assert head[:8] == PNG_SIGNATURE, f"{path} is not a PNG"
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
+def test_figures_from_short_sinusoid_runs(tmp_path):
+    pytest.importorskip("matplotlib")
+    root = sinusoid_logroot()
+    lines = []
+    written = figures.make_figures(root, str(tmp_path / "figs"), budget=True, rows=2, out=lines.append)
+    assert [os.path.basename(p) for p in written] == ["figure3.png", "figure2.png"]
+    assert _png_size(written[0]) == (1000, 400)  # 2 panels (K=5, K=10)
+    assert _png_size(written[1]) == (1600, 600)  # 4 columns x 2 tasks
+    assert not any("no " in l for l in lines), lines  # every run was found
+
+    # Figure 3 plots the CSVs' numbers: one panel per K, MAML, pretrained and oracle each.
+    curves, missing = figures.figure3_curves(root, budget=True)
+    assert missing == [] and sorted(curves) == [5, 10]
+    assert [c[0] for c in curves[5]] == ["MAML (ours)", "pretrained, step=0.01", "oracle"]
+    assert [c[0] for c in curves[10]] == ["MAML (ours)", "pretrained, step=0.02", "oracle"]
+    cfg = BY_NAME["sinusoid-maml-k5"].config(budget=True, logroot=root)
+    d = results.read_test_csv(os.path.join(cfg.exp_dir, cfg.test_csv_stem + ".csv"))
+    np.testing.assert_array_equal(curves[5][0][1].means, d.means)
+
+
+def test_figure2_adaptation_is_the_models_inner_loop():
+    """The curves of Figure 2 come from the same inner steps the model's evaluation takes:
+    the query MSE of adapt_predictions after j steps equals model.evaluate's column j."""
+    root = sinusoid_logroot()
+    cfg = BY_NAME["sinusoid-maml-k5"].config(budget=True, logroot=root)
+    model, itr = figures.load_run_model(cfg)
+    assert itr == 299
+    amp, phase, x, y = figures.sample_tasks(1, k_max=10, seed=3)[0]
+    xs, ys, xq, yq = x[:5], y[:5], x[5:], y[5:]
+    preds = figures.adapt_predictions(model, xs, ys, xq, cfg.update_lr, steps=(0, 1, 10))
+    losses, _ = model.evaluate(*(a[None].astype(np.float32) for a in (xs, ys, xq, yq)), num_steps=10)
+    for j in (1, 10):
+        np.testing.assert_allclose(np.mean((preds[j] - yq[:, 0]) ** 2), losses[0, j], rtol=1e-4)
+    # Column 0 of the evaluation is the support loss before adaptation.
+    pre_support = figures.adapt_predictions(model, xs, ys, xs, cfg.update_lr, steps=(0,))[0]
+    np.testing.assert_allclose(np.mean((pre_support - ys[:, 0]) ** 2), losses[0, 0], rtol=1e-4)
+
+
+def test_figures_report_missing_runs(tmp_path):
+    pytest.importorskip("matplotlib")
+    root = tmp_path / "logs"
+    shutil.copytree(sinusoid_logroot(), root)
+    oracle = BY_NAME["sinusoid-oracle-k5"].config(budget=True, logroot=str(root))
+    os.remove(os.path.join(oracle.exp_dir, oracle.test_csv_stem + ".csv"))
+    lines = []
+    figures.make_figures(str(root), str(tmp_path / "figs"), budget=True, rows=1, out=lines.append)
+    assert any("sinusoid-oracle-k5" in l and "reproduce/run.py --experiment sinusoid-oracle-k5 --budget" in l
+               for l in lines), lines
+    with pytest.raises(figures.FiguresError, match="no sinusoid test CSVs"):
+        figures.make_figures(str(root), str(tmp_path / "figs"), budget=False)  # no full-length runs
+
+
+def test_missing_matplotlib_is_one_clear_line(monkeypatch, capsys, tmp_path):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
+    with pytest.raises(figures.FiguresError, match="pip install matplotlib"):
+        figures.pyplot()
+    assert figures.main(["--logdir", str(tmp_path), "--out", str(tmp_path / "f")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: the figures need matplotlib")
+    assert not (tmp_path / "f").exists()
+
+
+def test_figures_cli(tmp_path):
+    pytest.importorskip("matplotlib")
+    r = subprocess.run([sys.executable, "-m", "maml_tf.figures", "--logdir", sinusoid_logroot(), "--budget",
+                        "--rows", "1", "--out", str(tmp_path / "out")], cwd=str(REPO),
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (tmp_path / "out" / "figure2.png").exists() and (tmp_path / "out" / "figure3.png").exists()

@@ -1,0 +1,287 @@
+"""The experiment registry, the results table, model selection and reproduce/run.py,
+on the CSVs and checkpoints of short real sinusoid runs."""
+import atexit
+import csv
+import functools
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import pytest
+
+from maml_tf import experiments, results
+from maml_tf.config import Config, UsageError
+from maml_tf.experiments import BY_NAME, EXPERIMENTS
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHORT_ITERATIONS = 300
+SHORT_TEST_TASKS = 100
+SINE_NAMES = [e.name for e in EXPERIMENTS if e.name.startswith("sinusoid-")]
+# The short run of the issue (not one of the paper's configurations: meta-trained with K=5).
+ISSUE_RUN = ["--datasource=sinusoid", "--metatrain_iterations=300", "--norm=None",
+             "--update_batch_size=5", "--update_lr=0.01"]
+
+
+def _quiet(*_):
+    pass
+
+
+@functools.lru_cache(maxsize=None)
+def sinusoid_logroot():
+    """A log root holding short real runs of every sinusoid experiment of the registry
+    (budget layout: <root>/budget/sine, 300 iterations, 100 test tasks, no records),
+    made once per test session (the figure tests use it too)."""
+    from maml_tf import train
+    root = tempfile.mkdtemp(prefix="maml_tf_sine_runs_")
+    atexit.register(shutil.rmtree, root, True)
+    trained = set()
+    for name in SINE_NAMES:
+        e = BY_NAME[name]
+        kw = dict(budget=True, logroot=root,
+                  extra=[(e.iterations_flag, SHORT_ITERATIONS), ("num_test_tasks", SHORT_TEST_TASKS)])
+        train_cfg = e.config(test=False, **kw)
+        if train_cfg.exp_dir not in trained:
+            train.train(train_cfg, out=_quiet)
+            trained.add(train_cfg.exp_dir)
+        train.test(e.config(test=True, **kw), out=_quiet)
+    return root
+
+
+@functools.lru_cache(maxsize=None)
+def issue_run_logdir():
+    """The issue's short run through main.py: train 300 iterations, then --train=False."""
+    root = tempfile.mkdtemp(prefix="maml_tf_issue_run_")
+    atexit.register(shutil.rmtree, root, True)
+    for extra in ([], ["--train=False"]):
+        r = subprocess.run([sys.executable, str(REPO / "main.py"), *ISSUE_RUN, f"--logdir={root}", *extra],
+                           cwd=str(REPO), capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+    return root
+
+
+# ----------------------------------------------------------------------------- registry
+def test_registry_configs_are_valid_and_distinct():
+    seen = {}
+    for e in EXPERIMENTS:
+        for budget in (False, True):
+            train_cfg = e.config(budget=budget, test=False)
+            test_cfg = e.config(budget=budget, test=True)
+            assert test_cfg.exp_dir == train_cfg.exp_dir, e.name  # the test finds the trained run
+            key = (test_cfg.exp_dir, test_cfg.test_csv_stem)
+            assert seen.get(key, e.name) == e.name, f"{e.name} and {seen[key]} write the same CSV"
+            seen[key] = e.name
+            if e.trains:
+                want = e.budget_iterations if budget else e.full_iterations
+                assert train_cfg.total_iterations == want
+        assert all(c <= e.config().eval_num_updates for c in e.columns)
+
+
+def test_registry_paper_numbers_and_columns():
+    table = {"omniglot-5way-1shot": (3, 98.7, 0.4), "omniglot-5way-5shot": (3, 99.9, 0.1),
+             "omniglot-20way-1shot": (5, 95.8, 0.3), "omniglot-20way-5shot": (5, 98.9, 0.2),
+             "miniimagenet-5way-1shot": (10, 48.70, 1.84), "miniimagenet-5way-5shot": (10, 63.11, 0.92),
+             "miniimagenet-5way-1shot-firstorder": (10, 48.07, 1.75),
+             "miniimagenet-5way-5shot-firstorder": (10, 63.15, 0.91)}
+    for name, (col, mean, ci) in table.items():
+        e = BY_NAME[name]
+        assert e.columns == (col,)
+        assert e.paper[col] == pytest.approx((mean / 100, ci / 100))
+    for name in SINE_NAMES:
+        assert BY_NAME[name].columns == (1, 5, 10) and BY_NAME[name].metric == "mse"
+
+
+def test_registry_commands_are_the_readme_ones():
+    cmd = experiments.shell_join(BY_NAME["omniglot-20way-1shot"].command())
+    assert cmd == ("python main.py --datasource=omniglot --metatrain_iterations=60000 --meta_batch_size=16 "
+                   "--update_batch_size=1 --num_classes=20 --update_lr=0.1 --num_updates=5 "
+                   "--logdir=logs/omniglot20way")
+    mini = BY_NAME["miniimagenet-5way-1shot"].config()
+    assert (mini.meta_batch_size, mini.num_updates, mini.update_lr, mini.num_filters, mini.max_pool,
+            mini.num_test_tasks, mini.test_set, mini.train) == (4, 5, 0.01, 32, True, 600, True, False)
+    assert BY_NAME["miniimagenet-5way-1shot-firstorder"].config().stop_grad
+    assert not BY_NAME["omniglot-5way-1shot-noconv"].config().conv
+    budget = BY_NAME["sinusoid-pretrained-k5"].config(budget=True)
+    assert budget.pretrain_iterations == 5000 and budget.logdir == os.path.join("logs", "budget", "sine")
+    assert budget.update_lr == 0.01 and budget.update_batch_size == 5
+
+
+def test_parse_flags_like_absl():
+    values, rest = experiments.parse_flags(["--max_pool", "--noconv", "--num_filters=32", "--train=false",
+                                            "--baseline=oracle", "--update_lr=0.4", "--column=3"])
+    assert values == {"max_pool": True, "conv": False, "num_filters": 32, "train": False,
+                      "baseline": "oracle", "update_lr": 0.4}
+    assert rest == ["--column=3"]
+    with pytest.raises(UsageError, match="--num_filters=x"):
+        experiments.parse_flags(["--num_filters=x"])
+    with pytest.raises(UsageError, match="--update_lr needs a value"):
+        experiments.parse_flags(["--update_lr"])
+
+
+# ----------------------------------------------------------------------------- results table
+def test_read_test_csv_and_errors(tmp_path):
+    p = tmp_path / "test_ubs5_stepsize0.01.csv"
+    p.write_text("update0,update1\n1.5,0.5\n2.0,1.0\n0.16,0.08\n")
+    d = results.read_test_csv(str(p))
+    np.testing.assert_allclose(d.means, [1.5, 0.5])
+    np.testing.assert_allclose(d.ci95, [0.16, 0.08])
+    assert d.num_steps == 1
+    bad = tmp_path / "test_ubs1_stepsize0.1.csv"
+    bad.write_text("a,b\n1,2\n")
+    with pytest.raises(results.ResultsError, match="not a test CSV"):
+        results.read_test_csv(str(bad))
+    assert results.main(["--logdir", str(tmp_path / "nowhere")]) == 2
+    warnings = []
+    rows = results.collect(str(tmp_path), warn=warnings.append)  # the bad file is skipped, not fatal
+    assert [os.path.basename(r.csv.path) for r in rows] == ["test_ubs5_stepsize0.01.csv"]
+    assert len(warnings) == 1 and "test_ubs1_stepsize0.1.csv is not a test CSV" in warnings[0]
+
+
+def test_results_table_from_short_sinusoid_runs(capsys):
+    root = sinusoid_logroot()
+    rows = results.collect(root)
+    assert [r.experiment.name for r in rows] == SINE_NAMES
+    for r in rows:
+        assert r.variant == "budget" and r.iterations == SHORT_ITERATIONS
+        assert r.tested.startswith(f"model{SHORT_ITERATIONS - 1}")
+    assert results.main(["--logdir", root]) == 0
+    text = capsys.readouterr().out
+    assert "| Experiment | 0 steps | 1 step | 5 steps | 10 steps |" in text
+    # Every number in the table is the CSV's.
+    for name in SINE_NAMES:
+        cfg = BY_NAME[name].config(budget=True, logroot=root)
+        d = results.read_test_csv(os.path.join(cfg.exp_dir, cfg.test_csv_stem + ".csv"))
+        line = next(l for l in text.splitlines() if l.startswith(f"| {BY_NAME[name].title} |"))
+        for col in (0, 1, 5, 10):
+            assert f"{d.means[col]:.3f} ± {d.ci95[col]:.3f}" in line
+        assert "**budget** (300 of 70,000 itr)" in line
+
+
+def test_results_table_for_the_issue_run_is_listed_as_other(capsys):
+    root = issue_run_logdir()
+    rows = results.collect(root)
+    assert len(rows) == 1 and rows[0].experiment is None
+    assert results.main(["--logdir", root]) == 0
+    text = capsys.readouterr().out
+    assert "Other test results" in text and "test_ubs5_stepsize0.01.csv" in text
+    d = rows[0].csv
+    assert d.num_steps == 10 and np.all(d.means > 0)
+
+
+def _fake_run(root, name, iterations, budget, values, record=None):
+    """A fake run folder: an empty model<itr>.index and a test CSV with ``values`` (means)."""
+    e = BY_NAME[name]
+    cfg = e.config(budget=budget, logroot=str(root))
+    os.makedirs(cfg.exp_dir, exist_ok=True)
+    if iterations:
+        open(os.path.join(cfg.exp_dir, f"model{iterations - 1}.index"), "w").close()
+    path = os.path.join(cfg.exp_dir, cfg.test_csv_stem + ".csv")
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow([f"update{i}" for i in range(len(values))])
+        w.writerow(values)
+        w.writerow([0.1] * len(values))
+        w.writerow([0.004] * len(values))
+    if record:
+        results.write_manifest(path, record)
+    return path
+
+
+def test_results_table_classification_full_budget_and_released(tmp_path):
+    accs = [0.2, 0.9, 0.95, 0.97, 0.98, 0.985, 0.986, 0.987, 0.988, 0.989, 0.99]
+    _fake_run(tmp_path, "omniglot-5way-1shot", 60000, False, accs)
+    _fake_run(tmp_path, "omniglot-5way-1shot", 2000, True, accs)
+    _fake_run(tmp_path, "omniglot-5way-1shot-noconv", 60000, False, accs)  # same folder name, other group
+    _fake_run(tmp_path, "miniimagenet-5way-1shot-released", 0, False, accs,
+              record={"experiment": "miniimagenet-5way-1shot-released", "variant": "full",
+                      "iterations": 59001, "tested_checkpoint": "model59000 (--init_checkpoint)"})
+    rows = results.collect(str(tmp_path))
+    names = [(r.experiment.name, r.variant) for r in rows]
+    assert names == [("omniglot-5way-1shot", "full"), ("omniglot-5way-1shot", "budget"),
+                     ("omniglot-5way-1shot-noconv", "full"), ("miniimagenet-5way-1shot-released", "full")]
+    text = results.markdown(rows, str(tmp_path))
+    lines = [l for l in text.splitlines() if l.startswith("| Omniglot") or l.startswith("| MiniImagenet")]
+    assert lines[0].startswith("| Omniglot 5-way 1-shot | 3 steps | 97.00 ± 0.40 | 98.7 ± 0.4 | full (60,000 itr)")
+    assert "**budget** (2,000 of 60,000 itr)" in lines[1]
+    assert lines[2].startswith("| Omniglot 5-way 1-shot, MAML no conv | 3 steps | 97.00 ± 0.40 | 89.7 ± 1.1 |")
+    assert "| 10 steps | 99.00 ± 0.40 | 48.70 ± 1.84 | full (59,001 itr) | model59000 (--init_checkpoint) |" in lines[3]
+
+
+# ----------------------------------------------------------------------------- model selection
+def test_select_checkpoint_names_the_best_iteration(tmp_path, capsys):
+    from maml_tf import select_checkpoint, train
+    logdir = str(tmp_path / "logs")
+    flags = ["--datasource=sinusoid", "--metatrain_iterations=250", "--norm=None", "--update_batch_size=5",
+             "--update_lr=0.01", "--save_interval=100", f"--logdir={logdir}"]
+    values, _ = experiments.parse_flags(flags)
+    train.train(experiments.config_from_flags(values), out=_quiet)
+    assert select_checkpoint.main(flags + ["--num_tasks=20", "--column=1"]) == 0
+    out = capsys.readouterr().out
+    with open(os.path.join(Config(**{**values, "train": False}).exp_dir, "model_selection.json")) as f:
+        rec = json.load(f)
+    assert sorted(rec["results"]) == ["model100", "model200", "model249"]
+    best = min(rec["results"], key=lambda k: rec["results"][k][0])
+    assert rec["best_iteration"] == int(best[len("model"):])
+    assert f"--test_iter={rec['best_iteration']}" in out and rec["column"] == 1 and rec["split"] == "val"
+    # A run that does not exist, and a bad option: one-line errors.
+    assert select_checkpoint.main(flags[:-1] + [f"--logdir={tmp_path / 'none'}"]) == 2
+    assert select_checkpoint.main(flags + ["--columns=1"]) == 2
+    err = capsys.readouterr().err
+    assert "no checkpoint model<itr>" in err and "unknown argument --columns=1" in err
+
+
+# ----------------------------------------------------------------------------- reproduce/run.py
+def _run_py(*args, cwd=REPO):
+    return subprocess.run([sys.executable, str(REPO / "reproduce" / "run.py"), *args], cwd=str(cwd),
+                          capture_output=True, text=True, timeout=900)
+
+
+def _load_run_py():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("_reproduce_run", REPO / "reproduce" / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_run_py_list_show_and_markdown_is_current(capsys):
+    run_py = _load_run_py()
+    assert run_py.main(["--list"]) == 0
+    out = capsys.readouterr().out
+    for e in EXPERIMENTS:
+        assert e.name in out
+    assert run_py.main(["--show", "miniimagenet-5way-1shot", "--budget"]) == 0
+    out = capsys.readouterr().out
+    assert "--metatrain_iterations=300" in out and "--logdir=logs/budget/miniimagenet1shot" in out
+    assert run_py.main(["--markdown"]) == 0
+    out = capsys.readouterr().out
+    with open(REPO / "reproduce" / "README.md") as f:
+        assert f.read() == out, "reproduce/README.md is stale: python reproduce/run.py --markdown > reproduce/README.md"
+    assert run_py.main(["--experiment", "no-such-thing"]) == 2
+    assert "no experiment matches" in capsys.readouterr().err
+    assert run_py.main(["--experiment", "sinusoid-maml-k5", "--", "--no_such_flag=1"]) == 2
+    assert "not main.py flags" in capsys.readouterr().err
+
+
+def test_run_py_trains_selects_tests_and_records(tmp_path):
+    logroot = tmp_path / "logs"
+    r = _run_py("--experiment", "sinusoid-maml-k5", "--iterations", "200", "--num_test_tasks", "30",
+                "--select", "--logroot", str(logroot), "--", "--save_interval=100", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    cfg = BY_NAME["sinusoid-maml-k5"].config(budget=True, logroot=str(logroot),
+                                             extra=[("metatrain_iterations", 200)])
+    csv_path = os.path.join(cfg.exp_dir, cfg.test_csv_stem + ".csv")
+    with open(results.manifest_path(csv_path)) as f:
+        rec = json.load(f)
+    with open(os.path.join(cfg.exp_dir, "model_selection.json")) as f:
+        best = json.load(f)["best_iteration"]
+    assert rec["experiment"] == "sinusoid-maml-k5" and rec["variant"] == "budget"
+    assert rec["iterations"] == 200 and rec["num_test_tasks"] == 30
+    assert rec["tested_checkpoint"] == f"model{best} (selected)"
+    assert f"--test_iter={best}" in rec["test_command"]
+    assert rec["train_command"].startswith("python main.py --datasource=sinusoid --metatrain_iterations=200")
+    assert "| Sinusoid, MAML, K=5 |" in r.stdout and "**budget** (200 of 70,000 itr)" in r.stdout

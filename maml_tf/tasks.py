@@ -75,3 +75,47 @@ def make_task_source(config, split="train", meta_batch_size=None, seed=None):
     return image_data.make_sampler(config.datasource, config.data_dir, split, config.num_classes,
                                    config.update_batch_size, config.query_per_class, seed=seed,
                                    meta_batch_size=mbs)
+
+
+class Prefetcher:
+    """Draws the next meta-batches in a background thread while the step runs.
+
+    ``next()`` returns (batch, state): ``state`` is the source's RNG state right
+    after that batch was drawn, so a checkpoint taken after the batch's step
+    resumes with exactly the following batch, however far the thread has run ahead.
+    """
+
+    def __init__(self, source, depth=2):
+        import queue
+        import threading
+        self.source = source
+        self._queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._work, daemon=True)
+        self._thread.start()
+
+    def _work(self):
+        import queue
+        while not self._stop.is_set():
+            try:
+                item = (self.source.sample(), self.source.get_state(), None)
+            except Exception as e:  # hand the error to the consumer
+                item = (None, None, e)
+            while not self._stop.is_set():
+                try:
+                    self._queue.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if item[2] is not None:
+                return
+
+    def next(self):
+        batch, state, error = self._queue.get()
+        if error is not None:
+            raise error
+        return batch, state
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(timeout=5)

@@ -17,7 +17,7 @@ from maml_tf.config import UsageError
 from maml_tf.distribute import Stepper, is_chief, make_strategy, worker_id
 from maml_tf.maml import MAML
 from maml_tf.networks import build_network
-from maml_tf.tasks import make_task_source
+from maml_tf.tasks import Prefetcher, make_task_source
 
 SUMMARY_INTERVAL = 100
 
@@ -126,10 +126,12 @@ def train(cfg, out=print):
     last_saved = None
     itr = start - 1
     t0 = time.time()
-    with _StopRequest() as stop:
+    sampler_state = source.get_state()
+    batches = Prefetcher(source)  # from here on only its thread touches the source
+    with _StopRequest() as stop, contextlib.closing(batches):
         for itr in range(start, total):
             pretraining = itr < cfg.pretrain_iterations
-            batch = source.sample()
+            batch, sampler_state = batches.next()
             if itr % SUMMARY_INTERVAL == 0 or itr % print_interval == 0:
                 losses, accs = model.evaluate(*batch, num_steps=cfg.eval_num_updates)
                 losses, accs = losses.mean(0), accs.mean(0)
@@ -155,7 +157,7 @@ def train(cfg, out=print):
                     out(f"{label}: {np.mean(pre)}, {np.mean(post)} ({time.time() - t0:.1f}s)")
                 pre, post, pre_acc, post_acc = [], [], [], []
             if itr != 0 and itr % cfg.save_interval == 0:
-                last_saved = writer_manager.save(itr, itr + 1, source.get_state())
+                last_saved = writer_manager.save(itr, itr + 1, sampler_state)
             if val_source is not None and itr != 0 and itr % test_print_interval == 0:
                 vl, va = model.evaluate(*val_source.sample(), num_steps=cfg.eval_num_updates)
                 vl, va = vl.mean(0), va.mean(0)
@@ -167,14 +169,14 @@ def train(cfg, out=print):
                     _write_scalars(val_writer, "metaval_", itr, vl, va, cfg.classification)
             if stop.signum is not None:
                 if last_saved != writer_manager.path_for(itr):
-                    writer_manager.save(itr, itr + 1, source.get_state())
+                    writer_manager.save(itr, itr + 1, sampler_state)
                 out(f"Stopped by signal {stop.signum} after iteration {itr}; saved {manager.path_for(itr)}. "
                     f"Rerun the same command to resume.")
                 _flush(writer, val_writer)
                 sys.exit(128 + stop.signum)
     if itr >= start:
         if last_saved != writer_manager.path_for(itr):
-            writer_manager.save(itr, itr + 1, source.get_state())
+            writer_manager.save(itr, itr + 1, sampler_state)
     else:
         out(f"Nothing to do: {cfg.exp_dir} already holds all {total} iterations.")
     _flush(writer, val_writer)

@@ -5,13 +5,31 @@ Public surface:
   MAML                                   -- meta-parameters, meta-train step, evaluation
   NetworkSpec, build_network             -- the original networks, pure forward functions
   Config                                 -- the original main.py's settings as a plain object
-"""
-from maml_tf.config import Config, UsageError
-from maml_tf.losses import accuracy, mse, xent
-from maml_tf.maml import MAML
-from maml_tf.meta import hessian_vector_product, meta_gradient, meta_gradient_explicit
-from maml_tf.networks import NetworkSpec, build_network
 
-__all__ = ["Config", "UsageError", "MAML", "NetworkSpec", "build_network", "meta_gradient",
-           "meta_gradient_explicit", "hessian_vector_product", "mse", "xent", "accuracy"]
+Names are imported on first use, so that tools that do not need TensorFlow
+(listing experiments, reading result CSVs) start without it.
+"""
+import importlib
+
+_EXPORTS = {
+    "Config": "maml_tf.config", "UsageError": "maml_tf.config",
+    "accuracy": "maml_tf.losses", "mse": "maml_tf.losses", "xent": "maml_tf.losses",
+    "MAML": "maml_tf.maml",
+    "hessian_vector_product": "maml_tf.meta", "meta_gradient": "maml_tf.meta",
+    "meta_gradient_explicit": "maml_tf.meta",
+    "NetworkSpec": "maml_tf.networks", "build_network": "maml_tf.networks",
+}
+__all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'maml_tf' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -27,6 +27,23 @@ def _as_tensors(weights):
     return {k: tf.convert_to_tensor(v) for k, v in weights.items()}
 
 
+def _as_data(pair, dtype):
+    """(inputs, labels) as tensors; floating arrays take the weights' dtype
+    (so float64 numpy data works with float32 weights and vice versa)."""
+    out = []
+    for a in pair:
+        t = tf.convert_to_tensor(a)
+        if t.dtype.is_floating and t.dtype != dtype:
+            t = tf.cast(t, dtype)
+        out.append(t)
+    return tuple(out)
+
+
+def _weights_dtype(weights):
+    dtypes = {v.dtype for v in weights.values() if v.dtype.is_floating}
+    return dtypes.pop() if len(dtypes) == 1 else None
+
+
 def inner_gradient(forward, fast, inputs, labels, loss_fn, first_order=False, outer_tape=None):
     """(L_a(fast), grad L_a(fast)) for one inner step.
 
@@ -78,6 +95,9 @@ def meta_gradient(forward: Callable, weights: Dict[str, tf.Tensor], support: Tup
     with respect to every entry of ``weights`` (a dict with the same keys).
     """
     weights = _as_tensors(weights)
+    dtype = _weights_dtype(weights)
+    if dtype is not None:
+        support, query = _as_data(support, dtype), _as_data(query, dtype)
     inputb, labelb = query
     with tf.GradientTape() as outer:
         outer.watch(list(weights.values()))
@@ -127,6 +147,9 @@ def meta_gradient_explicit(forward: Callable, weights: Dict[str, tf.Tensor], sup
     ``first_order`` the correction terms are dropped and g = grad L_b(theta_n).
     """
     theta = _as_tensors(weights)
+    dtype = _weights_dtype(theta)
+    if dtype is not None:
+        support, query = _as_data(support, dtype), _as_data(query, dtype)
     inputa, labela = support
     inputb, labelb = query
     thetas = [theta]

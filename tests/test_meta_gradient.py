@@ -157,3 +157,23 @@ def test_zero_inner_steps_is_plain_gradient():
     theta = rng.standard_normal((3, 1))
     _, g = meta_gradient(fwd, {"w": theta}, (x, y), (x, y), losses.mse, 0.1, 0)
     np.testing.assert_allclose(g["w"].numpy(), 2 * x.T @ (x @ theta - y) / 6, rtol=1e-12)
+
+
+def test_accepts_variables_and_mixed_precision_data():
+    """float32 weights (even tf.Variables) with float64 numpy data: the data take the
+    weights' dtype, and the result matches the float64 computation to float32 accuracy."""
+    rng = np.random.default_rng(2)
+    spec = build_network("sinusoid", 1, 1, norm="None")
+    w64, _ = spec.init(seed=1, dtype=np.float64)
+    w64 = {k: v * 20 for k, v in w64.items()}
+    w32 = {k: tf.Variable(v.astype(np.float32)) for k, v in w64.items()}
+    support, query = _sine_task(rng, 5)
+    fwd = lambda x, ww: spec.forward(x, ww)
+    l64, g64 = meta_gradient(fwd, w64, support, query, losses.mse, 0.01, 2)
+    l32, g32 = meta_gradient(fwd, w32, support, query, losses.mse, 0.01, 2)
+    e32 = meta_gradient_explicit(fwd, w32, support, query, losses.mse, 0.01, 2)[1]
+    assert l32.dtype == tf.float32 and float(l32) == pytest.approx(float(l64), rel=1e-4)
+    for k in g64:
+        scale = np.abs(g64[k].numpy()).max() + 1e-3
+        assert np.abs(g32[k].numpy() - g64[k].numpy()).max() <= 1e-3 * scale
+        assert np.abs(e32[k].numpy() - g64[k].numpy()).max() <= 1e-3 * scale

@@ -136,14 +136,29 @@ def figure3(curves, path):
     ks = sorted(curves)
     fig, axes = plt.subplots(1, len(ks), figsize=(5 * len(ks), 4), squeeze=False)
     for ax, k in zip(axes[0], ks):
+        # The y range follows the pre-update / first-step errors, as the paper's plot;
+        # a mean beyond it (a few test tasks diverging) is marked at the top edge.
+        firsts = [v for _, d, _, _ in curves[k] for v in d.means[:2] if np.isfinite(v)]
+        top = 1.15 * max(firsts) if firsts else None
         for label, data, colour, style in curves[k]:
             steps = np.arange(len(data.means))
-            ax.plot(steps, data.means, style, color=colour, marker="o", ms=3, label=label)
-            ax.fill_between(steps, data.means - data.ci95, data.means + data.ci95, color=colour, alpha=0.2)
+            means, ci95 = np.array(data.means, dtype=float), np.array(data.ci95, dtype=float)
+            if "oracle" in label:
+                # The oracle gets amplitude and phase as inputs and is not fine-tuned:
+                # a constant, its error before any step (the paper's flat line).
+                means, ci95 = np.full_like(means, means[0]), np.full_like(ci95, ci95[0])
+            ax.plot(steps, np.where(np.isfinite(means), means, np.nan), style, color=colour,
+                    marker="o", ms=3, label=label)
+            ax.fill_between(steps, means - ci95, means + ci95, color=colour, alpha=0.2)
+            if top is not None:
+                off = ~(np.isfinite(means) & (means <= top))
+                if off.any():
+                    ax.plot(steps[off], np.full(off.sum(), top * 0.98), "^", color=colour, ms=7,
+                            label=f"{label}: mean off scale")
         ax.set_title(f"k-shot regression, k={k}")
         ax.set_xlabel("number of gradient steps")
         ax.set_ylabel("mean squared error")
-        ax.set_ylim(bottom=0)
+        ax.set_ylim(0, top)
         ax.legend()
     fig.tight_layout()
     _save(fig, path)

@@ -49,6 +49,8 @@ import sys
 import time
 
 SCRIPT_DIR = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, SCRIPT_DIR)
+from _preparing import InputError, remove_stale_temps, save_atomic, warn  # noqa: E402
 DEFAULT_OUTPUT = os.path.join(SCRIPT_DIR, "miniImagenet")
 
 SPLITS = ("train", "val", "test")
@@ -58,68 +60,13 @@ EXPECTED_IMAGES_PER_CLASS = 600
 KEPT_MODES = ("RGB", "L", "CMYK")
 PROGRESS_EVERY = 2000
 PICKLE_NAME = "mini-imagenet-cache-{}.pkl"
-TMP_PATTERN = re.compile(r"^\..+\.tmp-(\d+)$")
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
-
-
-class InputError(Exception):
-    """Bad input: reported as one line on stderr with exit status 2."""
-
-
-def _warn(msg):
-    print("warning: " + msg, file=sys.stderr)
 
 
 def _examples(items, n=3):
     items = list(items)
     more = f", ... ({len(items) - n} more)" if len(items) > n else ""
     return ", ".join(str(x) for x in items[:n]) + more
-
-
-def _pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
-
-
-def remove_stale_temps(folder):
-    """Remove temporary files left in ``folder`` by runs that are no longer alive."""
-    removed = 0
-    try:
-        names = os.listdir(folder)
-    except OSError:
-        return 0
-    for name in names:
-        m = TMP_PATTERN.match(name)
-        if not m:
-            continue
-        pid = int(m.group(1))
-        if pid != os.getpid() and _pid_alive(pid):
-            continue
-        try:
-            os.remove(os.path.join(folder, name))
-            removed += 1
-        except OSError:
-            pass
-    return removed
-
-
-def save_atomic(im, path, fmt):
-    folder, name = os.path.split(path)
-    tmp = os.path.join(folder, f".{name}.tmp-{os.getpid()}")
-    try:
-        im.save(tmp, format=fmt)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        raise
 
 
 class _Writer:
@@ -178,11 +125,11 @@ class _Writer:
         for split in SPLITS:
             classes = self.per_split[split]
             if len(classes) != EXPECTED_CLASSES[split]:
-                _warn(f"{split} has {len(classes)} classes; the standard miniImageNet split "
+                warn(f"{split} has {len(classes)} classes; the standard miniImageNet split "
                       f"has {EXPECTED_CLASSES[split]}")
             odd = sorted(w for w, n in classes.items() if n != EXPECTED_IMAGES_PER_CLASS)
             if odd:
-                _warn(f"{len(odd)} {split} class(es) do not have {EXPECTED_IMAGES_PER_CLASS} "
+                warn(f"{len(odd)} {split} class(es) do not have {EXPECTED_IMAGES_PER_CLASS} "
                       f"images, e.g. {odd[0]} has {classes[odd[0]]}")
         return dict(output=self.output, written=self.written, skipped=self.skipped,
                     stale_temps_removed=self.stale,
@@ -294,14 +241,14 @@ def prepare_from_csv(csv_dir, images_dir, output, force=False, allow_missing=Fal
             w.save(out, path, "JPEG")
             w.count(split, wnid, wrote=True)
     if missing:
-        _warn(f"--allow_missing: left out {len(missing)} image(s) absent from {images_dir}, "
+        warn(f"--allow_missing: left out {len(missing)} image(s) absent from {images_dir}, "
               f"e.g. {_examples(missing)}")
     if unreadable:
         if not allow_missing:
             raise InputError(f"{len(unreadable)} file(s) are not readable images: "
                              f"{_examples(unreadable)}; replace them with the original images "
                              f"or pass --allow_missing to leave them out")
-        _warn(f"--allow_missing: left out {len(unreadable)} unreadable file(s): "
+        warn(f"--allow_missing: left out {len(unreadable)} unreadable file(s): "
               f"{_examples(unreadable)}")
     s = w.summary()
     s.update(missing=len(missing), unreadable=len(unreadable))

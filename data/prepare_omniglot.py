@@ -34,12 +34,13 @@ Exit status: 0 on success (possibly with warnings), 2 on bad input, 130 if inter
 import argparse
 import io
 import os
-import re
 import sys
 import time
 import zipfile
 
 SCRIPT_DIR = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, SCRIPT_DIR)
+from _preparing import InputError, remove_stale_temps, save_atomic, warn  # noqa: E402
 DEFAULT_OUTPUT = os.path.join(SCRIPT_DIR, "omniglot_resized")
 
 IMAGE_SIZE = (28, 28)
@@ -49,18 +50,9 @@ EXPECTED_IMAGES_PER_CHARACTER = 20
 PROGRESS_EVERY = 2000
 IMAGE_EXTENSIONS = (".png",)
 # Temporary files: ".<final name>.tmp-<pid>" in the destination folder.
-TMP_PATTERN = re.compile(r"^\..+\.tmp-(\d+)$")
 SOURCE_HINT = ("pass the official images_background.zip and images_evaluation.zip "
                "(https://github.com/brendenlake/omniglot, folder python/) or the folders "
                "they unpack to")
-
-
-class InputError(Exception):
-    """Bad input: reported as one line on stderr with exit status 2."""
-
-
-def _warn(msg):
-    print("warning: " + msg, file=sys.stderr)
 
 
 def _is_hidden_or_meta(parts):
@@ -168,57 +160,11 @@ def _read(reader):
         return f.read()
 
 
-def _pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
-
-
-def remove_stale_temps(folder):
-    """Remove temporary files left in ``folder`` by runs that are no longer alive."""
-    removed = 0
-    try:
-        names = os.listdir(folder)
-    except OSError:
-        return 0
-    for name in names:
-        m = TMP_PATTERN.match(name)
-        if not m:
-            continue
-        pid = int(m.group(1))
-        if pid != os.getpid() and _pid_alive(pid):
-            continue  # possibly a concurrent run writing right now
-        try:
-            os.remove(os.path.join(folder, name))
-            removed += 1
-        except OSError:
-            pass
-    return removed
-
-
 def resize_image(data):
     """The original's exact call. Mode '1' sources are resized with NEAREST by Pillow."""
     from PIL import Image
     im = Image.open(io.BytesIO(data))
     return im.resize(IMAGE_SIZE, resample=Image.LANCZOS)
-
-
-def write_atomic(im, path):
-    folder, name = os.path.split(path)
-    tmp = os.path.join(folder, f".{name}.tmp-{os.getpid()}")
-    try:
-        im.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def prepare(sources, output, force=False, log=sys.stderr):
@@ -268,7 +214,7 @@ def prepare(sources, output, force=False, log=sys.stderr):
                         f"{source}: {alphabet}/{character}/{filename} ({type(exc).__name__})")
             else:
                 try:
-                    write_atomic(im, out_path)
+                    save_atomic(im, out_path, "PNG")
                 except OSError as exc:
                     raise InputError(f"cannot write {out_path} ({exc.strerror}); choose a "
                                      f"writable --output with free space")
@@ -288,20 +234,20 @@ def prepare(sources, output, force=False, log=sys.stderr):
                    ignored=len(scan.ignored), stale_temps_removed=stale, output=output)
 
     if scan.ignored:
-        _warn(f"ignored {len(scan.ignored)} file(s) that are not <alphabet>/<character>/*.png "
+        warn(f"ignored {len(scan.ignored)} file(s) that are not <alphabet>/<character>/*.png "
               f"images, e.g. {scan.ignored[0]}")
     if unreadable:
-        _warn(f"{unreadable} file(s) could not be read as images and are missing from the "
+        warn(f"{unreadable} file(s) could not be read as images and are missing from the "
               f"output, e.g. {'; '.join(unreadable_examples)}; re-download the archive")
     if (len(alphabets), len(per_character)) != (EXPECTED_ALPHABETS, EXPECTED_CHARACTERS):
-        _warn(f"the output has {len(alphabets)} alphabets and {len(per_character)} characters "
+        warn(f"the output has {len(alphabets)} alphabets and {len(per_character)} characters "
               f"from these sources; the full Omniglot set has {EXPECTED_ALPHABETS} and "
               f"{EXPECTED_CHARACTERS} (images_background + images_evaluation). Pass both "
               f"archives unless you meant to use one set")
     odd = sorted(c for c, n in per_character.items() if n != EXPECTED_IMAGES_PER_CHARACTER)
     if odd:
         a, c = odd[0]
-        _warn(f"{len(odd)} character(s) do not have {EXPECTED_IMAGES_PER_CHARACTER} images, "
+        warn(f"{len(odd)} character(s) do not have {EXPECTED_IMAGES_PER_CHARACTER} images, "
               f"e.g. {a}/{c} has {per_character[odd[0]]}")
     return summary
 

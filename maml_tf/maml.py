@@ -6,21 +6,114 @@ not adapted, as in the original).  Two outer Adam optimisers with step beta
 (``meta_lr``) as in the original graph: one for pre-training on the pre-update
 loss, one for meta-training on the post-update loss.
 
-A meta-batch of T tasks is processed together (``task_mode='batched'``): theta
-is broadcast to T per-task copies, every layer runs on all tasks at once
-(batched matmuls, one grouped convolution), and one inner gradient of the summed
-task losses gives each task its own gradient, since the tasks share nothing.
+A meta-batch of T tasks is processed together (``task_mode='batched'``): every
+layer runs on all tasks at once, and one inner gradient of the summed task
+losses gives each task its own gradient, since the tasks share nothing.  Conv
+nets broadcast theta to T per-task copies and run one grouped convolution per
+layer; fc nets keep the per-task fast weights factored (theta plus low-rank
+inner-step updates, :class:`maml_tf.networks.FactoredFCWeights`).
 ``task_mode='loop'`` runs the tasks one after another; both compute the same
 numbers (tests check it, and against :mod:`maml_tf.meta`).
+
+Speed (bench/README.md): the fc nets' training step is compiled with XLA
+(``jit_compile=None`` chooses), the conv nets' runs as a TF graph on oneDNN;
+``metatrain_step`` calls the traced graph directly (:class:`_DirectCall`), and
+:func:`configure_threads` sizes TF's thread pools for the network.
 """
+import itertools
+import os
+
 import numpy as np
 import tensorflow as tf
 
 from maml_tf import losses
 from maml_tf.meta import ZERO
+from maml_tf.networks import FactoredFCWeights
 from maml_tf.optimizer import Adam
 
 TASK_MODES = ("batched", "loop")
+METRIC_KEYS = ("preloss", "postloss", "preacc", "postacc")
+
+
+def thread_settings(spec, cpus=None):
+    """(intra_op, inter_op) TF thread-pool sizes for training ``spec`` on ``cpus`` CPUs.
+
+    The fc nets' whole step is one XLA program of ~100 tiny kernels: handing them
+    to a second thread costs more than it saves (sinusoid: 0.36 ms/step with one
+    intra-op thread, 0.45 ms with two).  The conv nets' oneDNN convolutions use
+    every CPU.  ``cpus``: default, the CPUs this process may run on.
+    """
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpus = max(1, int(cpus))
+    if spec.kind == "fc":
+        return 1, cpus
+    return cpus, cpus
+
+
+def configure_threads(spec, cpus=None):
+    """Size TF's thread pools for ``spec`` (see :func:`thread_settings`).
+
+    Must run before TensorFlow executes its first op (the pools are fixed then);
+    returns False, changing nothing, if it is too late.
+    """
+    intra, inter = thread_settings(spec, cpus)
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(intra)
+        tf.config.threading.set_inter_op_parallelism_threads(inter)
+    except RuntimeError:
+        return False
+    return True
+
+
+class _DirectCall:
+    """Runs a ``tf.function``'s traced graph without tf.function's Python dispatch.
+
+    ``tf.function.__call__`` spends ~0.3-0.5 ms per call binding arguments and
+    looking up its trace cache, more than a whole sinusoid meta-step.  This keeps
+    one concrete function per input signature and calls its graph the way
+    ``ConcreteFunction`` does when no gradient tape is recording (the runtime's
+    function call op), falling back to the plain call whenever that shortcut
+    does not apply (a tape recording, a distribution strategy, graph mode, or
+    TF internals that moved).
+    """
+
+    def __init__(self, fn):
+        self.fn = fn
+        self._entries = {}
+        try:
+            from tensorflow.python.eager import context, execute, record
+            self._context, self._execute, self._record = context, execute, record
+        except ImportError:  # TF internals moved: plain calls
+            self._context = None
+
+    def __call__(self, *args):
+        if (self._context is None or self._record.could_possibly_record()
+                or not tf.executing_eagerly() or tf.distribute.has_strategy()):
+            return self.fn(*args)
+        try:
+            key = tuple((a.dtype, a._shape_tuple()) for a in args)  # pylint: disable=protected-access
+        except AttributeError:  # not eager tensors
+            return self.fn(*args)
+        entry = self._entries.get(key)
+        if entry is None:
+            try:
+                cf = self.fn.get_concrete_function(*args)
+                atomic = cf._inference_function  # pylint: disable=protected-access
+                ctx = self._context.context()
+                attrs = tuple(itertools.chain(*ctx.function_call_options.as_attrs().items()))
+                entry = (cf, atomic.name.decode("utf-8"), len(atomic.function_type.flat_outputs),
+                         list(cf.captured_inputs), attrs, ctx,
+                         isinstance(cf.structured_outputs, tf.Tensor))
+            except (AttributeError, TypeError):  # TF internals changed: plain calls
+                self._context = None
+                return self.fn(*args)
+            self._entries[key] = entry
+        cf, name, n_out, captured, attrs, ctx, single = entry
+        flat = self._execute.execute(name, n_out, list(args) + captured, attrs, ctx)
+        if single:
+            return flat[0]
+        return tf.nest.pack_sequence_as(cf.structured_outputs, flat)
 
 
 class MAML(tf.Module):
@@ -35,7 +128,7 @@ class MAML(tf.Module):
 
     def __init__(self, spec, loss="mse", update_batch_size=1, update_lr=1e-3, num_updates=1,
                  meta_lr=1e-3, first_order=False, clip_value=None, seed=0,
-                 task_mode="batched", jit_compile=False, dtype=tf.float32):
+                 task_mode="batched", jit_compile=None, dtype=tf.float32):
         super().__init__(name="maml")
         if task_mode not in TASK_MODES:
             raise ValueError(f"task_mode must be one of {TASK_MODES}, got {task_mode!r}")
@@ -47,16 +140,24 @@ class MAML(tf.Module):
         self.first_order = first_order
         self.clip_value = clip_value
         self.task_mode = task_mode
-        np_dtype = dtype.as_numpy_dtype
+        self.dtype = tf.as_dtype(dtype)
+        # None: XLA where it wins on CPU.  The fc nets are many tiny ops (XLA fuses
+        # them: sinusoid 2x faster); XLA:CPU convolutions are several times slower
+        # than TF's oneDNN kernels, so the conv nets run as TF graphs.
+        self.jit_compile = (spec.kind == "fc") if jit_compile is None else bool(jit_compile)
+        np_dtype = self.dtype.as_numpy_dtype
         w, n = spec.init(seed, dtype=np_dtype)
         self.weights = {k: tf.Variable(v, name=k.replace("/", "_")) for k, v in w.items()}
         self.norm_params = {k: tf.Variable(v, name=k.replace("/", "_")) for k, v in n.items()}
         self.meta_vars = list(self.weights.values()) + list(self.norm_params.values())
         self.pretrain_optimizer = Adam(self.meta_vars, meta_lr, name="pretrain_adam")
         self.metatrain_optimizer = Adam(self.meta_vars, meta_lr, name="metatrain_adam")
-        self._metatrain = tf.function(self._metatrain_step, jit_compile=jit_compile)
-        self._pretrain = tf.function(self._pretrain_step, jit_compile=jit_compile)
-        self._evaluate = tf.function(self._evaluate_step, jit_compile=jit_compile)
+        jit = self.jit_compile
+        self._metatrain = _DirectCall(tf.function(self._metatrain_packed, jit_compile=jit,
+                                                  autograph=False))
+        self._pretrain = _DirectCall(tf.function(self._pretrain_packed, jit_compile=jit,
+                                                 autograph=False))
+        self._evaluate = tf.function(self._evaluate_step, jit_compile=jit, autograph=False)
 
     # ------------------------------------------------------------ building blocks
     def forward(self, x, weights, batched=False):
@@ -72,6 +173,9 @@ class MAML(tf.Module):
         return tf.reduce_mean(tf.square(pred - tf.cast(label, pred.dtype)), axis=axes)
 
     def accuracy(self, pred, label):
+        if pred.shape[-1] == 1 and pred.shape.rank is not None and pred.shape[:-2].is_fully_defined():
+            # One output (regression): the arg-max is always 0, every example a hit.
+            return tf.ones(pred.shape[:-2], pred.dtype)
         hit = tf.cast(tf.equal(tf.argmax(pred, -1), tf.argmax(label, -1)), pred.dtype)
         return tf.reduce_mean(hit, axis=-1)
 
@@ -107,6 +211,40 @@ class MAML(tf.Module):
             lossa, acca = self.loss(preda, labela), self.accuracy(preda, labela)
         return lossa, acca, query
 
+    def _trajectory_factored(self, inputa, labela, inputb, labelb, num_updates, first_order,
+                             outer_tape, query_steps):
+        """:meth:`_trajectory` for fc networks, tasks batched, fast weights factored
+        (see :class:`maml_tf.networks.FactoredFCWeights`)."""
+        t, bs = inputa.shape[0], inputa.shape[1]
+        fast = FactoredFCWeights.initial(self.spec, self.weights, t, bs, inputb.shape[1],
+                                         max(num_updates, 1))
+        lossa = acca = None
+        query = {}
+        for j in range(num_updates + 1):
+            if j in query_steps:
+                predb, _ = fast.forward(inputb, self.norm_params)
+                query[j] = (self.loss(predb, labelb), self.accuracy(predb, labelb))
+            if j == num_updates:
+                break
+            offsets = [tf.zeros(s, inputa.dtype) for s in fast.output_shapes(t, bs)]
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                tape.watch(offsets)
+                preda, inputs = fast.forward(inputa, self.norm_params, offsets)
+                la = self.loss(preda, labela)
+                total = tf.reduce_sum(la)
+            if j == 0:
+                lossa, acca = la, self.accuracy(preda, labela)
+            if first_order and outer_tape is not None:
+                with outer_tape.stop_recording():
+                    grads = tape.gradient(total, offsets, unconnected_gradients=ZERO)
+            else:
+                grads = tape.gradient(total, offsets, unconnected_gradients=ZERO)
+            fast = fast.updated(inputs, grads, self.update_lr, stop_gradient=first_order)
+        if lossa is None:  # no inner step
+            preda, _ = fast.forward(inputa, self.norm_params)
+            lossa, acca = self.loss(preda, labela), self.accuracy(preda, labela)
+        return lossa, acca, query
+
     def task_metalearn(self, inputa, labela, inputb, labelb, num_updates, first_order=False,
                        outer_tape=None, query_steps=None):
         """Adapt to every task of a meta-batch ([T, ...] inputs).
@@ -117,6 +255,9 @@ class MAML(tf.Module):
         """
         if query_steps is None:
             query_steps = [num_updates]
+        if self.task_mode == "batched" and self.spec.kind == "fc":
+            return self._trajectory_factored(inputa, labela, inputb, labelb, num_updates,
+                                             first_order, outer_tape, query_steps)
         if self.task_mode == "batched":
             t = inputa.shape[0]
             fast = {k: tf.broadcast_to(v, [t] + v.shape.as_list()) for k, v in self.weights.items()}
@@ -156,7 +297,7 @@ class MAML(tf.Module):
         if self.clip_value is not None:
             grads = [tf.clip_by_value(g, -self.clip_value, self.clip_value) for g in grads]
         self.metatrain_optimizer.apply_gradients(grads, self.meta_vars)
-        metrics["grad_finite"] = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
+        metrics["grad_finite"] = _all_finite(grads)
         return metrics
 
     def _pretrain_step(self, inputa, labela, inputb, labelb):
@@ -167,7 +308,16 @@ class MAML(tf.Module):
         grads = tape.gradient(loss, self.meta_vars, unconnected_gradients=ZERO)
         self.pretrain_optimizer.apply_gradients(grads, self.meta_vars)
         return {"preloss": loss, "preacc": tf.reduce_sum(acca) / t,
-                "grad_finite": tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])}
+                "grad_finite": _all_finite(grads)}
+
+    # One vector out of the compiled steps: a single device-to-host copy per step.
+    def _metatrain_packed(self, inputa, labela, inputb, labelb):
+        m = self._metatrain_step(inputa, labela, inputb, labelb)
+        return tf.stack([m[k] for k in METRIC_KEYS] + [tf.cast(m["grad_finite"], m["preloss"].dtype)])
+
+    def _pretrain_packed(self, inputa, labela, inputb, labelb):
+        m = self._pretrain_step(inputa, labela, inputb, labelb)
+        return tf.stack([m["preloss"], m["preacc"], tf.cast(m["grad_finite"], m["preloss"].dtype)])
 
     def _evaluate_step(self, inputa, labela, inputb, labelb, num_steps):
         lossa, acca, query = self.task_metalearn(inputa, labela, inputb, labelb, num_steps,
@@ -177,22 +327,41 @@ class MAML(tf.Module):
         return losses, accs
 
     # ------------------------------------------------------------ public API
+    def _inputs(self, batch):
+        """The four arrays of a meta-batch as tensors of the model's dtype."""
+        out = []
+        for a in batch:
+            if not (isinstance(a, tf.Tensor) and a.dtype == self.dtype):
+                a = tf.constant(np.asarray(a, dtype=self.dtype.as_numpy_dtype))
+            out.append(a)
+        return out
+
     def metatrain_step(self, inputa, labela, inputb, labelb):
         """One outer Adam step on the post-update loss; returns the metrics (pre-update values)."""
-        return {k: v.numpy() for k, v in self._metatrain(inputa, labela, inputb, labelb).items()}
+        v = self._metatrain(*self._inputs((inputa, labela, inputb, labelb))).numpy()
+        out = dict(zip(METRIC_KEYS, v[:4]))
+        out["grad_finite"] = np.bool_(v[4] != 0)
+        return out
 
     def pretrain_step(self, inputa, labela, inputb, labelb):
         """One outer Adam step on the pre-update loss (the pretrained baseline)."""
-        return {k: v.numpy() for k, v in self._pretrain(inputa, labela, inputb, labelb).items()}
+        v = self._pretrain(*self._inputs((inputa, labela, inputb, labelb))).numpy()
+        return {"preloss": v[0], "preacc": v[1], "grad_finite": np.bool_(v[2] != 0)}
 
     def evaluate(self, inputa, labela, inputb, labelb, num_steps):
         """Per-task losses and accuracies, [T, 1 + num_steps] each: column 0 is the
         pre-update loss on the support set (the original's 'update0'), column j
         the query loss after j inner steps.  theta is not changed."""
-        losses, accs = self._evaluate(inputa, labela, inputb, labelb, num_steps)
+        losses, accs = self._evaluate(*self._inputs((inputa, labela, inputb, labelb)), num_steps)
         return losses.numpy(), accs.numpy()
 
     def get_weights(self):
         """theta and the norm parameters as numpy arrays (two dicts)."""
         return ({k: v.numpy() for k, v in self.weights.items()},
                 {k: v.numpy() for k, v in self.norm_params.items()})
+
+
+def _all_finite(tensors):
+    """Whether every element of every tensor is finite (one reduction over all)."""
+    flat = tf.concat([tf.reshape(g, [-1]) for g in tensors], axis=0)
+    return tf.reduce_all(tf.math.is_finite(flat))

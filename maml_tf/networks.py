@@ -145,16 +145,99 @@ def glorot_uniform(rng, shape):
 
 
 # -------------------------------------------------------------------- norms
-def _moments(x, axes):
-    """Mean and (biased) variance over ``axes``, differentiable twice.
+def _sum(x, axes):
+    """``reduce_sum(x, axes, keepdims=True)`` accurate in float32, to every derivative order.
+
+    TF's CPU kernels sum a reduction of many numbers in one sequential pass, whose
+    float32 rounding error grows with the count: the batch-norm statistics of a
+    miniImageNet query batch (75 x 84 x 84 numbers per channel) came out ~1e-2
+    off, enough to move the meta-loss by 9% through the inner steps' large
+    gradients (float32 TF 330.7, float64 and the torch/JAX anchors 302.9).
+    Reducing one axis at a time bounds the error by the sum of the axis lengths.
+    The gradient is a broadcast whose own gradient is this sum again, so the
+    derivatives of any order reduce the same way.
+    """
+    axes = sorted(a % x.shape.rank for a in axes)
+
+    @tf.custom_gradient
+    def fn(x):
+        y = x
+        for a in reversed(axes):
+            y = tf.reduce_sum(y, a, keepdims=True)
+
+        def grad(dy):
+            return _broadcast(dy, x, axes)
+        return y, grad
+    return fn(x)
+
+
+def _broadcast(m, like, axes):
+    """``m`` (size 1 along ``axes``) broadcast to the shape of ``like``; gradient: :func:`_sum`."""
+    @tf.custom_gradient
+    def fn(m):
+        def grad(dy):
+            return _sum(dy, axes)
+        return tf.broadcast_to(m, tf.shape(like)), grad
+    return fn(m)
+
+
+def _add(x, p, axes):
+    """x + p, ``p`` broadcast along ``axes`` of ``x``; gradients reduced with :func:`_sum`."""
+    @tf.custom_gradient
+    def fn(x, p):
+        def grad(dy):
+            return dy, tf.reshape(_sum(dy, axes), tf.shape(p))
+        return x + p, grad
+    return fn(x, p)
+
+
+def _mul(x, p, axes):
+    """x * p, ``p`` broadcast along ``axes`` of ``x``; gradients reduced with :func:`_sum`."""
+    @tf.custom_gradient
+    def fn(x, p):
+        def grad(dy):
+            return _mul(dy, p, axes), tf.reshape(_sum(dy * x, axes), tf.shape(p))
+        return x * p, grad
+    return fn(x, p)
+
+
+def _count(x, axes):
+    n = 1
+    for a in axes:
+        n = n * (x.shape[a] if x.shape[a] is not None else tf.shape(x)[a])
+    return tf.cast(n, x.dtype)
+
+
+def _standardize(x, axes, eps):
+    """(x - mean) / sqrt(var + eps), moments over ``axes``, differentiable to any order.
 
     Not ``tf.nn.moments``: it computes the variance around stop_gradient(mean),
     which leaves the first derivative right but drops terms from the second,
-    and MAML differentiates the inner gradient.
+    and MAML differentiates the inner gradient.  Sums are :func:`_sum`.
+
+    The value is computed by ordinary ops (which the outer tapes record), but
+    its gradient is the closed form of the normalisation's vector-Jacobian
+    product, dx = r (g - mean(g) - xhat mean(g xhat)): about half the full-size
+    passes of autodiff through the moments.  That formula is written in ops of
+    xhat and r, so a tape differentiating the gradient again goes through the
+    recorded moments: the second derivatives stay exact.
     """
-    mean = tf.reduce_mean(x, axes, keepdims=True)
-    var = tf.reduce_mean(tf.square(x - mean), axes, keepdims=True)
-    return mean, var
+    axes = sorted(a % x.shape.rank for a in axes)
+    n = _count(x, axes)
+    mean = _sum(x, axes) / n
+    xc = _add(x, -mean, axes)
+    r = tf.math.rsqrt(_sum(tf.square(xc), axes) / n + eps)
+    xhat = _mul(xc, r, axes)
+
+    @tf.custom_gradient
+    def fn(x, xhat, r):
+        def grad(g):
+            m1 = _sum(g, axes) / n
+            m2 = _sum(g * xhat, axes) / n
+            dx = _mul(g, r, axes) - _add(_mul(xhat, r * m2, axes), r * m1, axes)
+            return dx, None, None
+        return tf.identity(xhat), grad
+    return fn(x, xhat, r)
 
 
 def _normalize(spec, x, norm_params, scope, axes, ln_axes, tile=1):
@@ -165,16 +248,15 @@ def _normalize(spec, x, norm_params, scope, axes, ln_axes, tile=1):
     layer_norm: per example over ``ln_axes``, scale and offset, eps 1e-12.
     ``tile`` repeats per-channel parameters for the grouped (T*C) layout.
     """
+    outer = list(range(x.shape.rank - 1))  # per-channel parameters broadcast over these
     if spec.norm == "batch_norm":
-        mean, var = _moments(x, axes)
         beta = norm_params[f"{scope}/beta"]
         if tile > 1:
             beta = tf.tile(beta, [tile])
-        x = (x - mean) * tf.math.rsqrt(var + BN_EPSILON) + beta
+        x = _add(_standardize(x, axes, BN_EPSILON), beta, outer)
     elif spec.norm == "layer_norm":
-        mean, var = _moments(x, ln_axes)
-        x = (x - mean) * tf.math.rsqrt(var + LN_EPSILON)
-        x = x * norm_params[f"{scope}/gamma"] + norm_params[f"{scope}/beta"]
+        x = _standardize(x, ln_axes, LN_EPSILON)
+        x = _add(_mul(x, norm_params[f"{scope}/gamma"], outer), norm_params[f"{scope}/beta"], outer)
     return tf.nn.relu(x)
 
 
@@ -206,6 +288,81 @@ def _forward_fc(spec, x, w, norm_params, batched):
     return h
 
 
+class FactoredFCWeights:
+    """Per-task fast weights of an fc network for a meta-batch, kept factored.
+
+    An inner SGD step changes task t's kernel of layer l by -alpha * A_t^T D_t,
+    A_t the layer's inputs on the support examples [B, i] and D_t the loss
+    gradient with respect to its outputs [B, o]: a rank <= B update.  Instead of
+    materialising T kernels [T, i, o] (and differentiating through them), a
+    "factored" layer keeps the shared kernel W and the factors, and computes
+    h W_t = h W - alpha sum_j (h A_j^T) D_j: one [T*B, i] x [i, o] matmul plus
+    small [B, B] products.  Same function, far fewer flops for wide layers
+    (sinusoid 40x40: 4x); narrow layers (i or o tiny) keep explicit [T, i, o]
+    kernels.  Biases are always explicit ([T, o]).  D comes from differentiating
+    the loss with respect to zero offsets added to each layer's outputs, so the
+    tapes see ordinary ops and differentiate them again (second order).
+    """
+
+    def __init__(self, spec, layers):
+        self.spec = spec
+        self.layers = layers  # per layer: dict(w=..., b=[T, o], terms=[(A, D, scale)], explicit=bool)
+
+    @classmethod
+    def initial(cls, spec, weights, tasks, support, query, steps):
+        n_layers = len(spec.dim_hidden) + 1
+        layers = []
+        for l in range(1, n_layers + 1):
+            w, b = weights[f"w{l}"], weights[f"b{l}"]
+            i, o = w.shape
+            explicit = i * o * (support + query) <= (i + o) * support * max(support, query) * steps
+            if explicit:
+                w = tf.broadcast_to(w, [tasks, i, o])
+            layers.append(dict(w=w, b=tf.broadcast_to(b, [tasks, o]), terms=[], explicit=explicit))
+        return cls(spec, layers)
+
+    def output_shapes(self, tasks, batch):
+        return [[tasks, batch, layer["b"].shape[-1]] for layer in self.layers]
+
+    def forward(self, x, norm_params, offsets=None):
+        """(logits [T, B, out], inputs of every layer) for x [T, B, in]."""
+        spec = self.spec
+        n_layers = len(self.layers)
+        h, inputs = x, []
+        for l, layer in enumerate(self.layers, start=1):
+            inputs.append(h)
+            w = layer["w"]
+            if layer["explicit"]:
+                z = tf.matmul(h, w)
+            else:
+                t, i, o = h.shape[0], w.shape[0], w.shape[1]
+                z = tf.reshape(tf.matmul(tf.reshape(h, [-1, i]), w), [t, -1, o])
+                for a, d, scale in layer["terms"]:
+                    z = z + scale * tf.matmul(tf.matmul(h, a, transpose_b=True), d)
+            z = z + layer["b"][:, None, :]
+            if offsets is not None:
+                z = z + offsets[l - 1]
+            h = z
+            if l < n_layers:
+                h = _normalize(spec, h, norm_params, spec.norm_scopes[l - 1], [1], [-1])
+        return h, inputs
+
+    def updated(self, inputs, out_grads, lr, stop_gradient=False):
+        """The weights after one SGD step: inputs / out_grads of every layer on the support set."""
+        layers = []
+        for layer, a, d in zip(self.layers, inputs, out_grads):
+            if stop_gradient:
+                a, d = tf.stop_gradient(a), tf.stop_gradient(d)
+            new = dict(layer)
+            new["b"] = layer["b"] - lr * tf.reduce_sum(d, 1)
+            if layer["explicit"]:
+                new["w"] = layer["w"] - lr * tf.matmul(a, d, transpose_a=True)
+            else:
+                new["terms"] = layer["terms"] + [(a, d, -lr)]
+            layers.append(new)
+        return FactoredFCWeights(self.spec, layers)
+
+
 def _forward_conv(spec, x, w, norm_params, batched):
     s, c = spec.img_size, spec.channels
     strides = 1 if spec.max_pool else 2
@@ -220,6 +377,7 @@ def _forward_conv(spec, x, w, norm_params, batched):
     else:
         h = tf.reshape(x, [-1, s, s, c])
     for i in range(1, 5):
+      with tf.name_scope(f"layer{i}"):
         kernel, bias = w[f"conv{i}"], w[f"b{i}"]
         if batched:
             kh, kw, cin, cout = kernel.shape[1:]

@@ -15,7 +15,7 @@ from tensorflow.core.framework import summary_pb2
 from maml_tf.checkpoints import CheckpointManager
 from maml_tf.config import UsageError
 from maml_tf.distribute import Stepper, is_chief, make_strategy, worker_id
-from maml_tf.maml import MAML
+from maml_tf.maml import MAML, configure_threads
 from maml_tf.networks import build_network
 from maml_tf.tasks import Prefetcher, make_task_source
 
@@ -26,10 +26,15 @@ class NonFiniteError(RuntimeError):
     """A loss or meta-gradient became NaN/inf; the last good checkpoint is kept."""
 
 
+def network_spec(cfg):
+    """The network cbfinn/maml builds for these settings."""
+    return build_network(cfg.datasource, cfg.dim_input, cfg.dim_output, conv=cfg.conv,
+                         num_filters=cfg.num_filters, max_pool=cfg.max_pool, norm=cfg.norm)
+
+
 def build_model(cfg):
     """The MAML model the original builds for these settings."""
-    spec = build_network(cfg.datasource, cfg.dim_input, cfg.dim_output, conv=cfg.conv,
-                         num_filters=cfg.num_filters, max_pool=cfg.max_pool, norm=cfg.norm)
+    spec = network_spec(cfg)
     return MAML(spec, loss="xent" if cfg.classification else "mse",
                 update_batch_size=cfg.update_batch_size, update_lr=cfg.update_lr,
                 num_updates=cfg.num_updates, meta_lr=cfg.meta_lr, first_order=cfg.stop_grad,
@@ -88,7 +93,8 @@ def train(cfg, out=print):
 
     Returns the list of (iteration, metrics) recorded at each summary interval.
     """
-    strategy = make_strategy(cfg.distribution, cfg.cpu_devices)  # first: it may split the CPU
+    configure_threads(network_spec(cfg))  # before any TF op: thread pools suited to the net
+    strategy = make_strategy(cfg.distribution, cfg.cpu_devices)  # it may split the CPU
     chief = is_chief(strategy)
     if not chief:
         out = lambda *a, **k: None  # noqa: E731  (one worker reports)
@@ -234,6 +240,7 @@ def test(cfg, out=print):
     value after j inner steps of size update_lr, j up to eval_num_updates
     (10).  Writes test_ubs{K}_stepsize{alpha}.csv and .pkl into exp_dir.
     """
+    configure_threads(network_spec(cfg))
     model = build_model(cfg)
     manager = CheckpointManager(cfg.exp_dir, model)
     if cfg.init_checkpoint:

@@ -187,11 +187,42 @@ def _anchor_python(stack, args):
     return args.torch_python if stack == "torch" else args.jax_python
 
 
+def _busy_cpu_seconds():
+    """CPU seconds the whole machine has been busy (all processes), from /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except OSError:
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _wait_until_quiet(max_wait, threshold=0.2):
+    """Wait (up to max_wait s) until other processes use < threshold CPUs over 1 s."""
+    deadline = time.time() + max_wait
+    while time.time() < deadline:
+        b0 = _busy_cpu_seconds()
+        if b0 is None:
+            return
+        time.sleep(1.0)
+        if _busy_cpu_seconds() - b0 < threshold:
+            return
+
+
 def _run_json(cmd, timeout):
+    busy0, wall0 = _busy_cpu_seconds(), time.time()
+    child0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    child1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     for line in reversed(proc.stdout.strip().splitlines()):
         if line.startswith("{"):
-            return json.loads(line)
+            res = json.loads(line)
+            if busy0 is not None:  # CPUs other processes kept busy, on average, during the run
+                own = (child1.ru_utime + child1.ru_stime) - (child0.ru_utime + child0.ru_stime)
+                res["others_cpus"] = round(max(0.0, (_busy_cpu_seconds() - busy0 - own)
+                                               / max(time.time() - wall0, 1e-9)), 3)
+            return res
     raise RuntimeError(f"no JSON line from {' '.join(cmd)} (exit {proc.returncode}):\n"
                        f"{proc.stderr[-3000:]}")
 
@@ -237,6 +268,8 @@ def compare(args):
     for r in range(args.rounds):
         for stack, tasks, cmd in runs:
             key = stack if tasks is None else f"{stack}:{tasks}"
+            if args.quiet_wait:
+                _wait_until_quiet(args.quiet_wait)
             res = _run_json(cmd, args.timeout)
             res["round"] = r
             print(json.dumps(res), flush=True)
@@ -256,6 +289,7 @@ def compare(args):
         "peak_rss_mb": {k: max(x["peak_rss_mb"] for x in results[k]) for k in results},
         "initial_meta_loss": {k: results[k][0]["initial_meta_loss"] for k in results},
         "compile_s": med(ours, "compile_s"),
+        "others_cpus_max": max(x.get("others_cpus", 0.0) for k in results for x in results[k]),
         "fastest_anchor": fastest,
         "ratio_median": med(ours, "sec_per_iter_median") / med(fastest, "sec_per_iter_median"),
         "ratio_peak_rss": max(x["peak_rss_mb"] for x in results[ours])
@@ -294,6 +328,10 @@ def main():
     ap.add_argument("--jax_python", default=os.environ.get(
         "MAML_JAX_PYTHON", "/work/venvs/jax/bin/python"))
     ap.add_argument("--timeout", type=float, default=3600, help="--compare: seconds per run")
+    ap.add_argument("--quiet_wait", type=float, default=0,
+                    help="--compare: before each run wait up to this many seconds for the other "
+                         "processes on the machine to go quiet (each run reports others_cpus: "
+                         "the CPUs other processes kept busy during it)")
     args = ap.parse_args()
     if args.compare:
         compare(args)

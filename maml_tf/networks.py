@@ -240,8 +240,84 @@ def _standardize(x, axes, eps):
     return fn(x, xhat, r)
 
 
-def _normalize(spec, x, norm_params, scope, axes, ln_axes, tile=1):
-    """ReLU(norm(x)) with the original's batch/layer norm conventions.
+def _batch_norm_relu(x, beta, axes, pool=False):
+    """[max_pool(] ReLU(batch_norm(x)) [)], the layer's tail, with a fused gradient.
+
+    The value is computed by ordinary (recorded) ops: precise moments, then
+    z = (x - mean) r + beta.  The gradient with respect to x and beta is the
+    closed form of batch norm's vector-Jacobian product, written by hand in
+    recorded ops of the saved tensors (so a tape differentiates it again
+    exactly: second order), with about half the full-size memory passes of
+    autodiff through the moments, and one full-size tensor kept per layer.
+
+    With ``pool``, the 2x2 max-pool is taken before the normalisation: the
+    per-channel map x -> relu((x - mean) r + beta) is non-decreasing (r > 0;
+    float rounding is monotone too), so max-pooling commutes with it and the
+    result is bit-identical, while the normalisation, the ReLU and their
+    gradients run on a quarter of the elements.  Only the statistics (and
+    their gradient) see the full-size tensor.
+    """
+    rank = x.shape.rank
+    axes = sorted(a % rank for a in axes)
+    outer = list(range(rank - 1))  # beta (per channel) is broadcast over these
+    n = _count(x, axes)
+    mean = _sum(x, axes) / n
+    xc = _add(x, -mean, axes)
+    r = tf.math.rsqrt(_sum(tf.square(xc), axes) / n + BN_EPSILON)
+    scope = tf.get_current_name_scope()  # the gradient ops go under the layer's name (profiles)
+    if pool:
+        return _bn_pool_relu(x, mean, r, beta, axes, outer, n, scope)
+    z = _add(_mul(xc, r, axes), beta, outer)
+
+    @tf.custom_gradient
+    def fn(x, z, r, beta):
+        y = tf.nn.relu(z)
+
+        def grad(dy):
+            with tf.name_scope(scope + "/bn_relu_grad/" if scope else "bn_relu_grad"):
+                # The ReLU mask's derivative is 0 (a.e.): it may come from the forward y.
+                g = tf.raw_ops.ReluGrad(gradients=dy, features=y)
+                xhat = _add(z, -beta, outer)
+                m1 = _sum(g, axes) / n
+                m2 = _sum(g * xhat, axes) / n
+                dx = _mul(g, r, axes) - _add(_mul(xhat, r * m2, axes), r * m1, axes)
+                return dx, None, None, tf.reshape(_sum(g, outer), tf.shape(beta))
+        return tf.identity(y), grad
+    return fn(x, z, r, beta)
+
+
+def _bn_pool_relu(x, mean, r, beta, axes, outer, n, scope):
+    """max_pool(ReLU((x - mean) r + beta)) as ReLU((max_pool(x) - mean) r + beta); see
+    :func:`_batch_norm_relu`.  mean, r: the (recorded) statistics of x."""
+    p = tf.nn.max_pool2d(x, 2, 2, "VALID")
+    z = _add(_mul(_add(p, -mean, outer), r, outer), beta, outer)
+
+    @tf.custom_gradient
+    def fn(x, p, z, mean, r, beta):
+        y = tf.nn.relu(z)
+
+        def grad(dy):
+            with tf.name_scope(scope + "/bn_pool_relu_grad/" if scope else "bn_pool_relu_grad"):
+                g = tf.raw_ops.ReluGrad(gradients=dy, features=y)        # pooled size
+                dp = _mul(g, r, outer)
+                # z = (p - mean) r + beta: per-channel gradients of mean and r ...
+                dmean = -_sum(dp, outer)
+                dr = _sum(g * _add(p, -mean, outer), outer)
+                # ... and r = (mean((x - mean)^2) + eps)^-1/2 (the mean term of the
+                # variance's gradient vanishes: sum(x - mean) = 0).
+                c2 = dr * (-(r * r * r)) / n
+                dx = tf.raw_ops.MaxPoolGrad(orig_input=x, orig_output=p, grad=dp,
+                                            ksize=[1, 2, 2, 1], strides=[1, 2, 2, 1],
+                                            padding="VALID")
+                dx = _add(dx + _mul(_add(x, -mean, axes), c2, axes), dmean / n, axes)
+                return (dx, None, None, None, None,
+                        tf.reshape(_sum(g, outer), tf.shape(beta)))
+        return tf.identity(y), grad
+    return fn(x, p, z, mean, r, beta)
+
+
+def _normalize(spec, x, norm_params, scope, axes, ln_axes, tile=1, pool=False):
+    """ReLU(norm(x)), then 2x2 max-pool if ``pool``, with the original's conventions.
 
     batch_norm: statistics of the batch being normalised (always: the original
     never switched to moving averages), offset only, eps 1e-3.
@@ -253,11 +329,12 @@ def _normalize(spec, x, norm_params, scope, axes, ln_axes, tile=1):
         beta = norm_params[f"{scope}/beta"]
         if tile > 1:
             beta = tf.tile(beta, [tile])
-        x = _add(_standardize(x, axes, BN_EPSILON), beta, outer)
-    elif spec.norm == "layer_norm":
+        return _batch_norm_relu(x, beta, axes, pool)
+    if spec.norm == "layer_norm":
         x = _standardize(x, ln_axes, LN_EPSILON)
         x = _add(_mul(x, norm_params[f"{scope}/gamma"], outer), norm_params[f"{scope}/beta"], outer)
-    return tf.nn.relu(x)
+    x = tf.nn.relu(x)
+    return tf.nn.max_pool2d(x, 2, 2, "VALID") if pool else x
 
 
 def _conv(h, kernel, strides, groups):
@@ -286,6 +363,24 @@ def _forward_fc(spec, x, w, norm_params, batched):
         if i < n_layers:
             h = _normalize(spec, h, norm_params, scopes[i - 1], stat_axes, [-1])
     return h
+
+
+def _low_rank_product(h, a, d):
+    """(h a^T) d for [T, B, i], [T, K, i], [T, K, o] (a factored kernel update applied to h).
+
+    Its gradients are written with products that contract the operands' last
+    (or lhs-last, rhs-first) axes only: XLA:CPU runs the transposed-lhs batched
+    matmuls autodiff would produce (p^T dz, ...) several times slower.
+    """
+    @tf.custom_gradient
+    def fn(h, a, d):
+        def grad(dz):
+            dp = tf.matmul(dz, d, transpose_b=True)                     # [T, B, K]
+            dpt = tf.matmul(d, dz, transpose_b=True)                    # [T, K, B]
+            pt = tf.matmul(a, h, transpose_b=True)                      # [T, K, B]
+            return tf.matmul(dp, a), tf.matmul(dpt, h), tf.matmul(pt, dz)
+        return tf.matmul(tf.matmul(h, a, transpose_b=True), d), grad
+    return fn(h, a, d)
 
 
 class FactoredFCWeights:
@@ -338,7 +433,7 @@ class FactoredFCWeights:
                 t, i, o = h.shape[0], w.shape[0], w.shape[1]
                 z = tf.reshape(tf.matmul(tf.reshape(h, [-1, i]), w), [t, -1, o])
                 for a, d, scale in layer["terms"]:
-                    z = z + scale * tf.matmul(tf.matmul(h, a, transpose_b=True), d)
+                    z = z + scale * _low_rank_product(h, a, d)
             z = z + layer["b"][:, None, :]
             if offsets is not None:
                 z = z + offsets[l - 1]
@@ -389,11 +484,11 @@ def _forward_conv(spec, x, w, norm_params, batched):
             h5 = tf.reshape(h, [hs[0], hs[1], hs[2], t, -1])
             h5 = _normalize(spec, h5, norm_params, str(i - 1), [0, 1, 2], [1, 2, 4])
             h = tf.reshape(h5, hs)
+            if spec.max_pool:
+                h = tf.nn.max_pool2d(h, 2, 2, "VALID")
         else:
             h = _normalize(spec, h, norm_params, str(i - 1), [0, 1, 2], [1, 2, 3],
-                           tile=t if batched else 1)
-        if spec.max_pool:
-            h = tf.nn.max_pool2d(h, 2, 2, "VALID")
+                           tile=t if batched else 1, pool=spec.max_pool)
     if batched:
         hs = tf.shape(h)
         h = tf.reshape(h, [hs[0], hs[1], hs[2], t, -1])

@@ -53,7 +53,9 @@ def main(argv):
         return 2
     from absl import logging
     logging.set_verbosity(logging.WARNING)
-    from maml_tf import train as training  # imports TensorFlow
+    from maml_tf.runtime import import_tensorflow
+    import_tensorflow()
+    from maml_tf import train as training
     training.tf.get_logger().setLevel("ERROR")
     from maml_tf.image_data import DataError
     try:

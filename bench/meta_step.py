@@ -101,8 +101,9 @@ def set_threads(n, config=None, intra=None, inter=None):
     avail = sorted(os.sched_getaffinity(0))
     if n < len(avail):
         os.sched_setaffinity(0, avail[:n])
-    import tensorflow as tf
     sys.path.insert(0, str(REPO))
+    from maml_tf.runtime import import_tensorflow
+    tf = import_tensorflow()
     from maml_tf.maml import thread_settings
     rec_intra, rec_inter = (n, n) if config is None else thread_settings(_spec(config), n)
     tf.config.threading.set_intra_op_parallelism_threads(intra or rec_intra)

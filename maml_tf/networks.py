@@ -262,11 +262,12 @@ def _batch_norm_relu(x, beta, axes, pool=False):
     outer = list(range(rank - 1))  # beta (per channel) is broadcast over these
     n = _count(x, axes)
     mean = _sum(x, axes) / n
-    xc = _add(x, -mean, axes)
-    r = tf.math.rsqrt(_sum(tf.square(xc), axes) / n + BN_EPSILON)
     scope = tf.get_current_name_scope()  # the gradient ops go under the layer's name (profiles)
     if pool:
+        r = tf.math.rsqrt(_sum(_squared_deviation(x, mean, axes), axes) / n + BN_EPSILON)
         return _bn_pool_relu(x, mean, r, beta, axes, outer, n, scope)
+    xc = _add(x, -mean, axes)
+    r = tf.math.rsqrt(_sum(tf.square(xc), axes) / n + BN_EPSILON)
     z = _add(_mul(xc, r, axes), beta, outer)
 
     @tf.custom_gradient
@@ -284,6 +285,18 @@ def _batch_norm_relu(x, beta, axes, pool=False):
                 return dx, None, None, tf.reshape(_sum(g, outer), tf.shape(beta))
         return tf.identity(y), grad
     return fn(x, z, r, beta)
+
+
+def _squared_deviation(x, mean, axes):
+    """(x - mean)^2 in one full-size pass (``mean`` size 1 along ``axes``); gradients
+    by :func:`_add` / :func:`_sum`, so differentiable to any order."""
+    @tf.custom_gradient
+    def fn(x, mean):
+        def grad(g):
+            dx = 2.0 * g * _add(x, -mean, axes)
+            return dx, -tf.reshape(_sum(dx, axes), tf.shape(mean))
+        return tf.math.squared_difference(x, mean), grad
+    return fn(x, mean)
 
 
 def _bn_pool_relu(x, mean, r, beta, axes, outer, n, scope):
@@ -306,10 +319,14 @@ def _bn_pool_relu(x, mean, r, beta, axes, outer, n, scope):
                 # ... and r = (mean((x - mean)^2) + eps)^-1/2 (the mean term of the
                 # variance's gradient vanishes: sum(x - mean) = 0).
                 c2 = dr * (-(r * r * r)) / n
-                dx = tf.raw_ops.MaxPoolGrad(orig_input=x, orig_output=p, grad=dp,
-                                            ksize=[1, 2, 2, 1], strides=[1, 2, 2, 1],
-                                            padding="VALID")
-                dx = _add(dx + _mul(_add(x, -mean, axes), c2, axes), dmean / n, axes)
+                dxp = tf.raw_ops.MaxPoolGrad(orig_input=x, orig_output=p, grad=dp,
+                                             ksize=[1, 2, 2, 1], strides=[1, 2, 2, 1],
+                                             padding="VALID")
+                # x's last use after the pool gradient's: the elementwise ops below
+                # may then reuse x's buffer (first order: one full-size tensor less).
+                with tf.control_dependencies([dxp]):
+                    dstat = _add(_mul(_add(x, -mean, axes), c2, axes), dmean / n, axes)
+                dx = dxp + dstat
                 return (dx, None, None, None, None,
                         tf.reshape(_sum(g, outer), tf.shape(beta)))
         return tf.identity(y), grad

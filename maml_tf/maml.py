@@ -26,8 +26,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from maml_tf import losses
-from maml_tf.meta import ZERO
+from maml_tf.meta import ZERO, sgd_step, tape_gradient
 from maml_tf.networks import FactoredFCWeights
 from maml_tf.optimizer import Adam
 
@@ -198,14 +197,8 @@ class MAML(tf.Module):
                 total = tf.reduce_sum(la)
             if j == 0:
                 lossa, acca = la, self.accuracy(preda, labela)
-            if first_order and outer_tape is not None:
-                with outer_tape.stop_recording():
-                    grads = tape.gradient(total, fast, unconnected_gradients=ZERO)
-            else:
-                grads = tape.gradient(total, fast, unconnected_gradients=ZERO)
-                if first_order:
-                    grads = {k: tf.stop_gradient(g) for k, g in grads.items()}
-            fast = {k: fast[k] - self.update_lr * grads[k] for k in fast}
+            grads = tape_gradient(tape, total, fast, first_order, outer_tape)
+            fast = sgd_step(fast, grads, self.update_lr)
         if lossa is None:  # no inner step
             preda = fwd(inputa, fast)
             lossa, acca = self.loss(preda, labela), self.accuracy(preda, labela)
@@ -234,11 +227,7 @@ class MAML(tf.Module):
                 total = tf.reduce_sum(la)
             if j == 0:
                 lossa, acca = la, self.accuracy(preda, labela)
-            if first_order and outer_tape is not None:
-                with outer_tape.stop_recording():
-                    grads = tape.gradient(total, offsets, unconnected_gradients=ZERO)
-            else:
-                grads = tape.gradient(total, offsets, unconnected_gradients=ZERO)
+            grads = tape_gradient(tape, total, offsets, first_order, outer_tape)
             fast = fast.updated(inputs, grads, self.update_lr, stop_gradient=first_order)
         if lossa is None:  # no inner step
             preda, _ = fast.forward(inputa, self.norm_params)

@@ -16,7 +16,7 @@ with Hessian-vector products.  ``first_order=True`` treats every inner gradient
 as a constant (the paper's first-order approximation): then the product is the
 identity and the meta-gradient is grad L_b(theta_n).
 """
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, Tuple
 
 import tensorflow as tf
 
@@ -55,14 +55,22 @@ def inner_gradient(forward, fast, inputs, labels, loss_fn, first_order=False, ou
     with tf.GradientTape() as tape:
         tape.watch(list(fast.values()))
         loss = loss_fn(forward(inputs, fast), labels)
+    return loss, tape_gradient(tape, loss, fast, first_order, outer_tape)
+
+
+def tape_gradient(tape, target, sources, first_order=False, outer_tape=None):
+    """d target / d sources from the inner ``tape`` (zeros where unconnected).
+
+    Second order: the gradient computation is recorded by ``outer_tape`` (if
+    any), which then differentiates through it.  First order: it is a constant
+    to the outer tape, which stops recording while it is computed (so nothing
+    is stored for it); without an outer tape, ``stop_gradient`` marks it so.
+    """
     if first_order and outer_tape is not None:
         with outer_tape.stop_recording():
-            grads = tape.gradient(loss, fast, unconnected_gradients=ZERO)
-    else:
-        grads = tape.gradient(loss, fast, unconnected_gradients=ZERO)
-        if first_order:
-            grads = {k: tf.stop_gradient(g) for k, g in grads.items()}
-    return loss, grads
+            return tape.gradient(target, sources, unconnected_gradients=ZERO)
+    grads = tape.gradient(target, sources, unconnected_gradients=ZERO)
+    return tf.nest.map_structure(tf.stop_gradient, grads) if first_order else grads
 
 
 def sgd_step(fast, grads, update_lr):

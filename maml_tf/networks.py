@@ -354,13 +354,39 @@ def _normalize(spec, x, norm_params, scope, axes, ln_axes, tile=1, pool=False):
     return tf.nn.max_pool2d(x, 2, 2, "VALID") if pool else x
 
 
+_GROUPED_FLOAT32 = []  # [bool] once probed
+
+
+def grouped_conv_differentiable():
+    """Whether this TensorFlow differentiates float32 grouped convolutions.
+
+    On CPU only its oneDNN kernels do (x86 builds, unless TF_ENABLE_ONEDNN_OPTS=0;
+    not macOS or most ARM builds); cuDNN does on GPU.  Probed once per process,
+    eagerly, on the default device.
+    """
+    if not _GROUPED_FLOAT32:
+        with tf.init_scope():
+            try:  # the kernel gradient of 2 groups of 1 channel (init_scope pauses tapes)
+                x = tf.ones([1, 3, 3, 2])
+                g = tf.raw_ops.Conv2DBackpropFilter(
+                    input=x, filter_sizes=[1, 1, 1, 2], out_backprop=x, strides=[1, 1, 1, 1],
+                    padding="SAME")
+                ok = bool(np.allclose(g.numpy(), 9.0))
+            except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError,
+                    tf.errors.NotFoundError):
+                ok = False
+        _GROUPED_FLOAT32.append(ok)
+    return _GROUPED_FLOAT32[0]
+
+
 def _conv(h, kernel, strides, groups):
     """3x3 'SAME' convolution; ``groups`` > 1 is the grouped (one group per task) form.
 
-    TF's CPU kernels differentiate grouped convolutions in float32 only (through
-    oneDNN), so other dtypes (float64 in the tests) run the groups one by one.
+    TF differentiates grouped convolutions in float32 only, and on CPU only
+    through oneDNN (:func:`grouped_conv_differentiable`); otherwise (float64 in
+    the tests, TensorFlow without oneDNN) the groups run one by one.
     """
-    if groups == 1 or h.dtype == tf.float32:
+    if groups == 1 or (h.dtype == tf.float32 and grouped_conv_differentiable()):
         return tf.nn.conv2d(h, kernel, strides, "SAME")
     hs = tf.split(h, groups, axis=-1)
     ks = tf.split(kernel, groups, axis=-1)

@@ -244,3 +244,42 @@ def test_batch_norm_statistics_are_accurate_in_float32():
     want = (x64 - mean) / np.sqrt(((x64 - mean) ** 2).mean((0, 1, 2), keepdims=True) + BN_EPS)
     np.testing.assert_allclose(got.mean((0, 1, 2)), 0.0, atol=1e-5)  # was ~5e-3 with one-pass sums
     np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+_NO_ONEDNN = """
+import json, sys
+import numpy as np
+import tensorflow as tf
+sys.path.insert(0, {tests!r})
+import test_fast_paths as t
+from maml_tf.networks import grouped_conv_differentiable
+out = {{"grouped": grouped_conv_differentiable()}}
+for case in ("omniglot", "mini"):
+    model, batch = t.make_model(case, "batched", False, dtype=tf.float32)
+    loss, grads = t.model_meta_gradient(model, batch, "graph")
+    want_loss, want = t.reference(case, False)
+    t.assert_close(grads, want, 2e-3, per_tensor=False)
+    out[case] = [loss, want_loss]
+print(json.dumps(out))
+"""
+
+
+def test_float32_batched_conv_without_onednn():
+    """TensorFlow without oneDNN (TF_ENABLE_ONEDNN_OPTS=0, as on macOS and most ARM
+    builds) has no grouped-convolution gradient on CPU: the batched path must detect
+    it and still give the reference meta-gradient."""
+    import json
+    import os
+    import pathlib
+    import subprocess
+    import sys
+    tests = str(pathlib.Path(__file__).resolve().parent)
+    env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS="0", TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run([sys.executable, "-c", _NO_ONEDNN.format(tests=tests)], env=env,
+                          capture_output=True, text=True, timeout=600,
+                          cwd=pathlib.Path(tests).parent)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["grouped"] is False  # the case this test is for
+    for case in ("omniglot", "mini"):
+        assert out[case][0] == pytest.approx(out[case][1], rel=1e-4)

@@ -26,6 +26,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from maml_tf import losses
 from maml_tf.meta import ZERO, sgd_step, tape_gradient
 from maml_tf.networks import FactoredFCWeights
 from maml_tf.optimizer import Adam
@@ -164,19 +165,17 @@ class MAML(tf.Module):
         return self.spec.forward(x, weights, self.norm_params, batched=batched)
 
     def loss(self, pred, label):
-        """Per-task loss over the last two axes: a scalar, or [T] for batched input."""
-        axes = list(range(1, len(pred.shape))) if len(pred.shape) == 3 else None
+        """The original's loss (:mod:`maml_tf.losses`): a scalar, or [T] for batched input."""
+        per_task = len(pred.shape) == 3
         if self.classification:
-            ce = tf.nn.softmax_cross_entropy_with_logits(labels=tf.cast(label, pred.dtype), logits=pred)
-            return tf.reduce_sum(ce, axis=-1 if axes else None) / tf.cast(self.update_batch_size, pred.dtype)
-        return tf.reduce_mean(tf.square(pred - tf.cast(label, pred.dtype)), axis=axes)
+            return losses.xent(pred, label, self.update_batch_size, per_task=per_task)
+        return losses.mse(pred, label, per_task=per_task)
 
     def accuracy(self, pred, label):
         if pred.shape[-1] == 1 and pred.shape.rank is not None and pred.shape[:-2].is_fully_defined():
             # One output (regression): the arg-max is always 0, every example a hit.
             return tf.ones(pred.shape[:-2], pred.dtype)
-        hit = tf.cast(tf.equal(tf.argmax(pred, -1), tf.argmax(label, -1)), pred.dtype)
-        return tf.reduce_mean(hit, axis=-1)
+        return losses.accuracy(pred, label, per_task=len(pred.shape) == 3)
 
     def _trajectory(self, fwd, fast, inputa, labela, inputb, labelb, num_updates, first_order,
                     outer_tape, query_steps):

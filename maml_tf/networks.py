@@ -15,6 +15,7 @@ batched form computes exactly what T separate calls would (per-task batch
 statistics included); convolutions become one grouped convolution.
 """
 import dataclasses
+import functools
 from typing import Dict, Tuple
 
 import numpy as np
@@ -354,9 +355,7 @@ def _normalize(spec, x, norm_params, scope, axes, ln_axes, tile=1, pool=False):
     return tf.nn.max_pool2d(x, 2, 2, "VALID") if pool else x
 
 
-_GROUPED_FLOAT32 = []  # [bool] once probed
-
-
+@functools.lru_cache(maxsize=None)
 def grouped_conv_differentiable():
     """Whether this TensorFlow differentiates float32 grouped convolutions.
 
@@ -364,19 +363,17 @@ def grouped_conv_differentiable():
     not macOS or most ARM builds); cuDNN does on GPU.  Probed once per process,
     eagerly, on the default device.
     """
-    if not _GROUPED_FLOAT32:
-        with tf.init_scope():
-            try:  # the kernel gradient of 2 groups of 1 channel (init_scope pauses tapes)
-                x = tf.ones([1, 3, 3, 2])
-                g = tf.raw_ops.Conv2DBackpropFilter(
-                    input=x, filter_sizes=[1, 1, 1, 2], out_backprop=x, strides=[1, 1, 1, 1],
-                    padding="SAME")
-                ok = bool(np.allclose(g.numpy(), 9.0))
-            except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError,
-                    tf.errors.NotFoundError):
-                ok = False
-        _GROUPED_FLOAT32.append(ok)
-    return _GROUPED_FLOAT32[0]
+    with tf.init_scope():
+        try:  # the kernel gradient of 2 groups of 1 channel (init_scope pauses tapes)
+            x = tf.ones([1, 3, 3, 2])
+            g = tf.raw_ops.Conv2DBackpropFilter(
+                input=x, filter_sizes=[1, 1, 1, 2], out_backprop=x, strides=[1, 1, 1, 1],
+                padding="SAME")
+            ok = bool(np.allclose(g.numpy(), 9.0))
+        except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError,
+                tf.errors.NotFoundError):
+            ok = False
+    return ok
 
 
 def _conv(h, kernel, strides, groups):

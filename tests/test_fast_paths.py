@@ -11,6 +11,12 @@ where the batched conv path runs oneDNN grouped convolutions) must match it to
 float32 accuracy.  The compiled training step (its direct-call shortcut and
 the packed metrics) must apply exactly the TF1 Adam update of those gradients.
 """
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -268,11 +274,6 @@ def test_float32_batched_conv_without_onednn():
     """TensorFlow without oneDNN (TF_ENABLE_ONEDNN_OPTS=0, as on macOS and most ARM
     builds) has no grouped-convolution gradient on CPU: the batched path must detect
     it and still give the reference meta-gradient."""
-    import json
-    import os
-    import pathlib
-    import subprocess
-    import sys
     tests = str(pathlib.Path(__file__).resolve().parent)
     env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS="0", TF_CPP_MIN_LOG_LEVEL="3")
     proc = subprocess.run([sys.executable, "-c", _NO_ONEDNN.format(tests=tests)], env=env,

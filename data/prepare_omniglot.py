@@ -27,7 +27,10 @@ anti-aliased grey levels, i.e. different data).
 The script is idempotent and safe to interrupt: every image is written to a hidden
 temporary file in its destination folder and renamed into place with os.replace, so an
 existing output file is always complete and a rerun skips it (``--force`` rewrites).
-Temporary files left by a killed run are removed on the next run.
+Temporary files left by a killed run are removed on the next run.  The output holds
+exactly the original's layout (only ``<alphabet>/<character>/*.png``): the original's
+loader reads every entry of it as an alphabet, so maml-tf keeps its split lists and
+decoded-image cache beside it (``omniglot_splits/``, ``.cache/``).
 
 Exit status: 0 on success (possibly with warnings), 2 on bad input, 130 if interrupted.
 """
@@ -167,6 +170,27 @@ def resize_image(data):
     return im.resize(IMAGE_SIZE, resample=Image.LANCZOS)
 
 
+# Written inside the output folder by maml-tf 0.1 (split lists, decoded-image cache); the
+# original's loader reads every folder there as an alphabet, so they now live beside it.
+LEGACY_ENTRIES = {"splits": ("train.txt", "val.txt", "test.txt"), ".cache": ("omniglot_28x28x1.npz",)}
+
+
+def remove_legacy_files(output):
+    """Remove what maml-tf 0.1 wrote inside ``output`` (only if it holds nothing else);
+    returns the names removed."""
+    import shutil
+    removed = []
+    for name, files in LEGACY_ENTRIES.items():
+        path = os.path.join(output, name)
+        if not os.path.isdir(path):
+            continue
+        inside = [f for f in os.listdir(path) if not (f.startswith(".") and ".tmp-" in f)]
+        if set(inside) <= set(files):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(name)
+    return removed
+
+
 def prepare(sources, output, force=False, log=sys.stderr):
     """Resize all images of ``sources`` into ``output``. Returns a summary dict."""
     try:
@@ -181,6 +205,7 @@ def prepare(sources, output, force=False, log=sys.stderr):
         raise InputError(f"cannot create --output {output} ({exc.strerror}); choose a "
                          f"writable folder")
 
+    legacy = remove_legacy_files(output)
     keys = sorted(scan.images)
     total = len(keys)
     written = skipped = unreadable = stale = 0
@@ -231,7 +256,8 @@ def prepare(sources, output, force=False, log=sys.stderr):
     alphabets = {a for a, _ in per_character}
     summary = dict(alphabets=len(alphabets), characters=len(per_character), images=len(done),
                    written=written, skipped=skipped, unreadable=unreadable,
-                   ignored=len(scan.ignored), stale_temps_removed=stale, output=output)
+                   ignored=len(scan.ignored), stale_temps_removed=stale, output=output,
+                   legacy_removed=legacy)
 
     if scan.ignored:
         warn(f"ignored {len(scan.ignored)} file(s) that are not <alphabet>/<character>/*.png "
@@ -244,6 +270,11 @@ def prepare(sources, output, force=False, log=sys.stderr):
               f"from these sources; the full Omniglot set has {EXPECTED_ALPHABETS} and "
               f"{EXPECTED_CHARACTERS} (images_background + images_evaluation). Pass both "
               f"archives unless you meant to use one set")
+    foreign = sorted(e for e in os.listdir(output) if (e,) not in {(a,) for a in alphabets})
+    if foreign:
+        warn(f"{output} also holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}: "
+             f"the original code reads every entry of it as an alphabet and fails on these; "
+             f"move them out")
     odd = sorted(c for c, n in per_character.items() if n != EXPECTED_IMAGES_PER_CHARACTER)
     if odd:
         a, c = odd[0]
@@ -276,6 +307,9 @@ def main(argv=None):
           f"characters, {s['images']} images ({s['written']} written, {s['skipped']} already "
           f"done, {s['unreadable']} unreadable, {s['ignored']} non-image files ignored, "
           f"{s['stale_temps_removed']} stale temporary files removed)")
+    if s["legacy_removed"]:
+        print(f"Removed {', '.join(s['legacy_removed'])} from {s['output']} (written there by an older "
+              f"maml-tf; the original code reads every folder there as an alphabet)")
     return 0
 
 

@@ -53,6 +53,7 @@ class Config:
     num_test_tasks: int = 600
     test_seed: int = 1
     task_mode: str = "batched"
+    task_pool: int = 200000
     init_checkpoint: str = ""
     distribution: str = "none"
     cpu_devices: int = 0
@@ -73,6 +74,16 @@ class Config:
         if self.datasource == "miniimagenet":
             return 1 if self.train else 10
         return 10
+
+    @property
+    def reported_steps(self):
+        """The inner steps whose test value the paper reports (Table 1 / Figure 3): 3 for
+        Omniglot 5-way, 5 for 20-way, 10 for miniImageNet; 1 and 10 for sinusoid."""
+        if self.datasource == "sinusoid":
+            return (1, 10)
+        if self.datasource == "miniimagenet":
+            return (10,)
+        return (3,) if self.num_classes <= 5 else (5,)
 
     @property
     def eval_num_updates(self):
@@ -169,6 +180,11 @@ class Config:
                 raise UsageError(f"--{name}={getattr(self, name)} must be at least 1")
         if self.num_updates < 1:
             raise UsageError(f"--num_updates={self.num_updates} must be at least 1 (the meta-gradient goes through the last inner step)")
+        if self.task_pool < 0:
+            raise UsageError(f"--task_pool={self.task_pool} must be 0 (fresh tasks) or a pool size")
+        if self.task_pool and self.task_pool < self.meta_batch_size and self.classification:
+            raise UsageError(f"--task_pool={self.task_pool} is smaller than --meta_batch_size="
+                             f"{self.meta_batch_size}: a meta-batch would repeat tasks; raise it or use 0")
         for name in ("pretrain_iterations", "metatrain_iterations"):
             if getattr(self, name) < 0:
                 raise UsageError(f"--{name}={getattr(self, name)} must not be negative")

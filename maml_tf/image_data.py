@@ -10,16 +10,22 @@ Each image is decoded once, with the TensorFlow ops the original code used
 (``tf.io.decode_png`` / ``tf.io.decode_jpeg(channels=3)``, so pixel values match it bit
 for bit), and each split is held in memory as a uint8 array
 ``[num_classes, images_per_class, H, W, C]``.  Decoding tens of thousands of files takes
-a while, so the arrays are cached in ``<dataset folder>/.cache/*.npz``; the cache is keyed
-by the list of files with their sizes and modification times and is rebuilt when they
-change.  When the dataset folder is read-only the cache goes to ``$MAML_TF_CACHE_DIR`` or
-``~/.cache/maml_tf`` instead, and is skipped (with a warning) if neither is writable.
+a while, so the arrays are cached in ``DATA_DIR/.cache/*.npz`` (beside the dataset
+folders, never inside them); the cache is keyed by the list of files with their sizes and
+modification times and is rebuilt when they change.  When DATA_DIR is read-only the cache
+goes to ``$MAML_TF_CACHE_DIR`` or ``~/.cache/maml_tf`` instead, and is skipped (with a
+warning) if neither is writable.
+
+The dataset folders hold exactly the original's layout and nothing else: the original's
+loader reads every folder of ``omniglot_resized/`` as an alphabet (and every entry of an
+alphabet as a character), so a file or folder of ours in there would break it.
 
 Omniglot split (as the original, but independent of the filesystem's listing order): the
 ``<alphabet>/<character>`` folders are sorted, shuffled with ``random.Random(1)`` (the
 original called ``random.seed(1); random.shuffle(...)`` on an unsorted ``os.listdir``), and
 cut into 1100 meta-train, 100 meta-val and the remaining 423 meta-test characters.  The
-lists are written to ``omniglot_resized/splits/{train,val,test}.txt`` for the record.
+lists are written beside it, to ``DATA_DIR/omniglot_splits/{train,val,test}.txt``, for the
+record.
 
 Episodes follow the original ``DataGenerator.make_data_tensor``; see ``EpisodeSampler``.
 The random stream is numpy's PCG64, so episodes are reproducible from a seed (but are not
@@ -47,11 +53,15 @@ OMNIGLOT_SPLIT_SEED = 1
 OMNIGLOT_NUM_CHARACTERS = 1623
 MINIIMAGENET_NUM_CLASSES = {"train": 64, "val": 16, "test": 20}
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
-SPLITS_DIRNAME = "splits"
+SPLITS_DIRNAME = "omniglot_splits"  # beside omniglot_resized/, not inside
+LEGACY_SPLITS_DIRNAME = "splits"    # inside omniglot_resized/ up to maml-tf 0.1
 CACHE_DIRNAME = ".cache"
 CACHE_VERSION = 1
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_STATE_FORMAT = "maml_tf.image_data.EpisodeSampler/1"
+_STATE_FORMAT = "maml_tf.image_data.EpisodeSampler/1"  # fresh tasks
+_POOL_STATE_FORMAT = "maml_tf.image_data.EpisodeSampler/pool/1"
+ORIGINAL_TRAIN_POOL = 200000  # the original's make_data_tensor: num_total_batches (tasks)
+ORIGINAL_EVAL_POOL = 600      # ... for the metaval tensor
 
 _OMNIGLOT_FIX = ("(re)create it with: python data/prepare_omniglot.py --source "
                  "images_background.zip images_evaluation.zip --output {path}")
@@ -94,7 +104,10 @@ def list_omniglot_characters(omniglot_dir):
         raise DataError(f"Omniglot folder {omniglot_dir} does not exist; {fix}")
     characters = []
     for alphabet in _subdirs(omniglot_dir):
-        if alphabet == SPLITS_DIRNAME:
+        if alphabet == LEGACY_SPLITS_DIRNAME:
+            _warn(f"{os.path.join(omniglot_dir, alphabet)} holds split lists written by an older "
+                  f"maml-tf; the original code reads it as an alphabet and fails: delete it "
+                  f"(they are now written to {_splits_folder(omniglot_dir)})")
             continue
         for character in _subdirs(os.path.join(omniglot_dir, alphabet)):
             characters.append(f"{alphabet}/{character}")
@@ -102,6 +115,15 @@ def list_omniglot_characters(omniglot_dir):
         raise DataError(f"Omniglot folder {omniglot_dir} has no <alphabet>/<character> "
                         f"folders; {fix}")
     return sorted(characters)
+
+
+def _data_root(dataset_dir):
+    """The folder holding a dataset folder (DATA_DIR): where caches and split lists go."""
+    return os.path.dirname(os.path.abspath(dataset_dir))
+
+
+def _splits_folder(omniglot_dir):
+    return os.path.join(_data_root(omniglot_dir), SPLITS_DIRNAME)
 
 
 def omniglot_split(characters, num_train=OMNIGLOT_NUM_TRAIN, num_val=OMNIGLOT_NUM_VAL,
@@ -227,7 +249,8 @@ def _cache_write(candidates, key, images, names):
 
 def _load_grouped(root, groups, shape, cache_root, cache_name, fix, cache, cache_dir):
     """Decode ``groups`` (class name -> sorted image names under root/class) into
-    [num_classes, images_per_class, H, W, C], through the cache (cache_root/.cache/...)."""
+    [num_classes, images_per_class, H, W, C], through the cache (cache_root/.cache/...;
+    cache_root is DATA_DIR, the folder holding the dataset folders)."""
     names = list(groups)
     counts = {len(v) for v in groups.values()}
     if len(counts) != 1:
@@ -261,7 +284,7 @@ def load_omniglot(omniglot_dir, *, cache=True, cache_dir=None):
     fix = _OMNIGLOT_FIX.format(path=omniglot_dir)
     characters = list_omniglot_characters(omniglot_dir)
     groups = {c: _list_images(os.path.join(omniglot_dir, c)) for c in characters}
-    images, names = _load_grouped(omniglot_dir, groups, OMNIGLOT_SHAPE, omniglot_dir,
+    images, names = _load_grouped(omniglot_dir, groups, OMNIGLOT_SHAPE, _data_root(omniglot_dir),
                                   "omniglot_28x28x1.npz", fix, cache, cache_dir)
     if len(names) != OMNIGLOT_NUM_CHARACTERS:
         _warn(f"{omniglot_dir} has {len(names)} characters; the full Omniglot set has "
@@ -270,7 +293,7 @@ def load_omniglot(omniglot_dir, *, cache=True, cache_dir=None):
 
 
 def _write_split_files(omniglot_dir, split_lists):
-    folder = os.path.join(omniglot_dir, SPLITS_DIRNAME)
+    folder = _splits_folder(omniglot_dir)
     try:
         os.makedirs(folder, exist_ok=True)
         for split, chars in split_lists.items():
@@ -318,7 +341,7 @@ def load_miniimagenet_split(miniimagenet_dir, split, *, cache=True, cache_dir=No
     groups = {w: _list_images(os.path.join(root, w)) for w in _subdirs(root)}
     if not groups:
         raise DataError(f"miniImageNet folder {root} has no <wnid> class folders; {fix}")
-    images, names = _load_grouped(root, groups, MINIIMAGENET_SHAPE, miniimagenet_dir,
+    images, names = _load_grouped(root, groups, MINIIMAGENET_SHAPE, _data_root(miniimagenet_dir),
                                   f"miniimagenet_{split}_84x84x3.npz", fix, cache, cache_dir)
     if len(names) != MINIIMAGENET_NUM_CLASSES[split]:
         _warn(f"{root} has {len(names)} classes; the standard miniImageNet {split} split "
@@ -342,10 +365,19 @@ class EpisodeSampler:
 
     Pixels become float32 ``x / 255`` (then ``1 - x`` with ``invert``, for Omniglot), the
     same float32 arithmetic as the original, and images are flattened to H*W*C.
+
+    ``pool_size`` > 0: a fixed pool of that many tasks cycled through in order, as the
+    original (its ``make_data_tensor`` drew ``num_total_batches`` = 200000 training tasks,
+    600 evaluation tasks, once, and its input queue cycled through them).  What the
+    original fixed per pool task is fixed here too: the N classes with their labels and
+    the K + Q images of each class (task i of the pool is drawn from its own generator,
+    seeded by (seed, i)); what it redrew at every use, in the graph, is redrawn at every
+    use: each class's rotation and the per-sample-index class order.  ``pool_size`` = 0:
+    every task is drawn fresh.
     """
 
     def __init__(self, images, num_classes, k_support, k_query, rotate=False, invert=False,
-                 seed=0, class_names=None, meta_batch_size=None):
+                 seed=0, class_names=None, meta_batch_size=None, pool_size=0):
         images = np.asarray(images)
         if images.dtype != np.uint8 or images.ndim != 5:
             raise DataError(f"images must be a uint8 array [classes, images_per_class, H, W, "
@@ -378,6 +410,11 @@ class EpisodeSampler:
         self.dim_output = num_classes
         self._eye = np.eye(num_classes, dtype=np.float32)
         self._rng = np.random.Generator(np.random.PCG64(seed))
+        if pool_size < 0:
+            raise DataError(f"pool_size must be >= 0, got {pool_size}")
+        self.pool_size = int(pool_size)
+        self.pool_seed = int(seed)
+        self._position = 0  # pool mode: index of the next task (cycles)
 
     @property
     def num_available_classes(self):
@@ -412,8 +449,11 @@ class EpisodeSampler:
         n, s = self.num_classes, self.k_support + self.k_query
         c, p = self.images.shape[:2]
         rng = self._rng
-        classes = self._choose(rng.random((t, c)), n)  # [T, N]; position = label
-        image_idx = self._choose(rng.random((t, n, p)), s)  # [T, N, S]
+        if self.pool_size:
+            classes, image_idx, tasks = self._pool_tasks(t)
+        else:
+            classes = self._choose(rng.random((t, c)), n)  # [T, N]; position = label
+            image_idx = self._choose(rng.random((t, n, p)), s)  # [T, N, S]
         rotation = (rng.integers(0, 4, size=(t, n)) if self.rotate
                     else np.zeros((t, n), np.int64))
         perm = np.argsort(rng.random((t, s, n)), axis=-1)  # [T, S, N]: label per slot
@@ -437,7 +477,23 @@ class EpisodeSampler:
         out = (x[:, :nk], y[:, :nk], x[:, nk:], y[:, nk:])
         info = {"classes": classes, "image_index": img_of_slot.reshape(t, s * n),
                 "rotation": rotation}
+        if self.pool_size:
+            info["pool_index"] = tasks
         return out, info
+
+    def pool_task(self, i):
+        """(classes [N], image indices [N, K+Q]) of task ``i`` of the pool: what the
+        original fixed when it built its task list (classes in label order, images)."""
+        n, s = self.num_classes, self.k_support + self.k_query
+        c, p = self.images.shape[:2]
+        g = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.pool_seed, 5, i])))
+        return self._choose(g.random(c)[None], n)[0], self._choose(g.random((n, p)), s)
+
+    def _pool_tasks(self, t):
+        tasks = (self._position + np.arange(t)) % self.pool_size
+        self._position = int((self._position + t) % self.pool_size)
+        drawn = [self.pool_task(int(i)) for i in tasks]
+        return np.stack([d[0] for d in drawn]), np.stack([d[1] for d in drawn]), tasks
 
     def sample(self, meta_batch_size=None):
         """(inputa [T, N*K, D], labela [T, N*K, N], inputb [T, N*Q, D], labelb [T, N*Q, N]),
@@ -447,6 +503,10 @@ class EpisodeSampler:
 
     def get_state(self):
         """The random state as a JSON string, for ``set_state`` (checkpoint/resume)."""
+        if self.pool_size:
+            return json.dumps({"format": _POOL_STATE_FORMAT, "pool_size": self.pool_size,
+                               "pool_seed": self.pool_seed, "position": self._position,
+                               "bit_generator": self._rng.bit_generator.state})
         return json.dumps({"format": _STATE_FORMAT,
                            "bit_generator": self._rng.bit_generator.state})
 
@@ -454,17 +514,24 @@ class EpisodeSampler:
         """Restore a state from ``get_state``; the following episodes repeat exactly."""
         try:
             d = json.loads(state)
-            if d.get("format") != _STATE_FORMAT:
-                raise ValueError(f"format {d.get('format')!r}")
+            expected = _POOL_STATE_FORMAT if self.pool_size else _STATE_FORMAT
+            if d.get("format") != expected:
+                raise ValueError(f"format {d.get('format')!r}, this sampler's is {expected!r}")
+            if self.pool_size and (d["pool_size"], d["pool_seed"]) != (self.pool_size, self.pool_seed):
+                raise ValueError(f"a pool of {d['pool_size']} tasks (seed {d['pool_seed']}), this "
+                                 f"sampler's is {self.pool_size} (seed {self.pool_seed})")
             bg = np.random.PCG64()
             bg.state = d["bit_generator"]
+            position = int(d.get("position", 0))
         except Exception as exc:
-            raise DataError(f"not an EpisodeSampler state ({exc})") from None
+            raise DataError(f"not this EpisodeSampler's state ({exc})") from None
         self._rng = np.random.Generator(bg)
+        self._position = position
 
 
 def make_sampler(datasource, data_dir="./data", split="train", num_classes=5, k_support=1,
-                 k_query=1, seed=0, *, meta_batch_size=None, cache=True, cache_dir=None):
+                 k_query=1, seed=0, *, meta_batch_size=None, cache=True, cache_dir=None,
+                 pool_size=0):
     """An EpisodeSampler for ``datasource`` ('omniglot' or 'miniimagenet') and ``split``
     ('train', 'val' or 'test'), reading ``data_dir/omniglot_resized`` or
     ``data_dir/miniImagenet``.  Omniglot gets random rotations and inverted pixels.
@@ -485,4 +552,4 @@ def make_sampler(datasource, data_dir="./data", split="train", num_classes=5, k_
                         f"{data_dir} has only {len(names)} classes; lower num_classes")
     return EpisodeSampler(images, num_classes, k_support, k_query, rotate=rotate,
                           invert=invert, seed=seed, class_names=names,
-                          meta_batch_size=meta_batch_size)
+                          meta_batch_size=meta_batch_size, pool_size=pool_size)

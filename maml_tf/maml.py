@@ -288,15 +288,21 @@ class MAML(tf.Module):
         metrics["grad_finite"] = _all_finite(grads)
         return metrics
 
-    def _pretrain_step(self, inputa, labela, inputb, labelb):
+    def pretrain_gradients(self, inputa, labela, inputb, labelb):
+        """(metrics, [dpre_loss/dvar for var in meta_vars]): the pretrained baseline's
+        objective, the pre-update loss summed over tasks / T, without applying them."""
         with tf.GradientTape() as tape:
             lossa, acca, _ = self.task_metalearn(inputa, labela, inputb, labelb, 0, query_steps=[])
             t = tf.cast(inputa.shape[0], lossa.dtype)
             loss = tf.reduce_sum(lossa) / t
         grads = tape.gradient(loss, self.meta_vars, unconnected_gradients=ZERO)
+        return {"preloss": loss, "preacc": tf.reduce_sum(acca) / t}, grads
+
+    def _pretrain_step(self, inputa, labela, inputb, labelb):
+        metrics, grads = self.pretrain_gradients(inputa, labela, inputb, labelb)
         self.pretrain_optimizer.apply_gradients(grads, self.meta_vars)
-        return {"preloss": loss, "preacc": tf.reduce_sum(acca) / t,
-                "grad_finite": _all_finite(grads)}
+        metrics["grad_finite"] = _all_finite(grads)
+        return metrics
 
     # One vector out of the compiled steps: a single device-to-host copy per step.
     def _metatrain_packed(self, inputa, labela, inputb, labelb):

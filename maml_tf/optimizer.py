@@ -6,8 +6,13 @@ import tensorflow as tf
 class Adam(tf.Module):
     """theta <- theta - lr_t * m / (sqrt(v) + eps), lr_t = lr sqrt(1-b2^t) / (1-b1^t).
 
-    The slots (m, v) and the step count t are variables, so a checkpoint of this
-    module restores the optimiser exactly.  The slots of all the variables live
+    The slots (m, v), the step count t and the powers b1^t, b2^t are variables, so a
+    checkpoint of this module restores the optimiser exactly.  As TF1's ApplyAdam, the
+    powers are running products in the variables' dtype (b^t by repeated float32
+    multiplication, not pow: 1 - b2^t cancels, so their last bits matter) and every
+    constant is rounded to that dtype before it is used; the arithmetic is TF1's too
+    (m += (g - m)(1 - b1)), so the lockstep with the original code
+    (``python -m maml_tf.crosscheck``) sees the same updates to the last bit or two.  The slots of all the variables live
     in two flat variables (``m_flat``, ``v_flat``; ``m`` and ``v`` give the
     per-variable views): an XLA-compiled training step pays a fixed cost per
     resource variable it reads and writes (~3 us each on CPU, a tenth of the
@@ -25,6 +30,9 @@ class Adam(tf.Module):
         total = sum(self._sizes)
         dtype = variables[0].dtype if variables else tf.float32
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        # b1^t, b2^t for the next update t (TF1's beta1_power / beta2_power).
+        self.beta1_power = tf.Variable(tf.constant(beta1, dtype), trainable=False, name="beta1_power")
+        self.beta2_power = tf.Variable(tf.constant(beta2, dtype), trainable=False, name="beta2_power")
         self.m_flat = tf.Variable(tf.zeros([total], dtype), trainable=False, name="m")
         self.v_flat = tf.Variable(tf.zeros([total], dtype), trainable=False, name="v")
 
@@ -45,11 +53,18 @@ class Adam(tf.Module):
         """One Adam update of ``variables`` (same order as at construction)."""
         self.step.assign_add(1)
         dtype = variables[0].dtype
-        t = tf.cast(self.step, dtype)
-        lr_t = self.learning_rate * tf.sqrt(1 - self.beta2 ** t) / (1 - self.beta1 ** t)
+        # As TF1's ApplyAdam kernel, every constant is rounded to the variables' dtype
+        # before it is used: 1 - beta2 computed in float32 is 1.000047e-3, not 1e-3 (its
+        # cancellation changes the first steps by 2e-5 relative).
+        one = tf.constant(1, dtype)
+        beta1, beta2 = tf.constant(self.beta1, dtype), tf.constant(self.beta2, dtype)
+        lr_t = (tf.constant(self.learning_rate, dtype) * tf.sqrt(one - self.beta2_power)
+                / (one - self.beta1_power))
         g = tf.concat([tf.reshape(tf.convert_to_tensor(x), [-1]) for x in grads], axis=0)
-        m = self.m_flat.assign(self.beta1 * self.m_flat + (1 - self.beta1) * g)
-        v = self.v_flat.assign(self.beta2 * self.v_flat + (1 - self.beta2) * tf.square(g))
-        step = lr_t * m / (tf.sqrt(v) + self.epsilon)
+        m = self.m_flat.assign(self.m_flat + (g - self.m_flat) * (one - beta1))
+        v = self.v_flat.assign(self.v_flat + (tf.square(g) - self.v_flat) * (one - beta2))
+        step = lr_t * m / (tf.sqrt(v) + tf.constant(self.epsilon, dtype))
         for var, s in zip(variables, self._split(step)):
             var.assign_sub(s)
+        self.beta1_power.assign(self.beta1_power * beta1)
+        self.beta2_power.assign(self.beta2_power * beta2)

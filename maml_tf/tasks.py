@@ -59,12 +59,14 @@ class SinusoidTasks:
         self.rng.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 
-def make_task_source(config, split="train", meta_batch_size=None, seed=None):
+def make_task_source(config, split="train", meta_batch_size=None, seed=None, pool=0):
     """The task source for ``config.datasource``.
 
     split: 'train' (meta-training), 'val' or 'test' (the original's metaval
     set, chosen by --test_set).  Sinusoid tasks come from one distribution for
-    every split.
+    every split, drawn fresh (as the original).  ``pool``: image tasks cycle
+    through a fixed pool of that many (0: every task fresh); see
+    :class:`maml_tf.image_data.EpisodeSampler`.
     """
     mbs = config.meta_batch_size if meta_batch_size is None else meta_batch_size
     seed = config.seed if seed is None else seed
@@ -74,7 +76,7 @@ def make_task_source(config, split="train", meta_batch_size=None, seed=None):
     from maml_tf import image_data  # TF image decoding only where it is needed
     return image_data.make_sampler(config.datasource, config.data_dir, split, config.num_classes,
                                    config.update_batch_size, config.query_per_class, seed=seed,
-                                   meta_batch_size=mbs)
+                                   meta_batch_size=mbs, pool_size=pool)
 
 
 class Prefetcher:

@@ -65,6 +65,40 @@ def _write_scalars(writer, prefix, itr, losses, accs, classification):
                 _scalar(prefix + f"Post-update accuracy, step {j}", accs[j])
 
 
+def _clock(seconds):
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
+
+
+class Progress:
+    """Rate and time left of a loop from ``start`` to ``total`` (exclusive), for the
+    progress lines.  The rate is measured over the recent past (the first steps, with
+    their tracing, and earlier phases do not distort it)."""
+
+    def __init__(self, start, total, window=5):
+        self.start, self.total = start, total
+        self.t0 = time.time()
+        self._marks = [(start, self.t0)]
+        self._window = window
+
+    def elapsed(self):
+        return _clock(time.time() - self.t0)
+
+    def rate(self, done, left=True):
+        """'2.31 it/s, 1:23:45 left' after ``done`` iterations (absolute count)."""
+        now = time.time()
+        self._marks = (self._marks + [(done, now)])[-(self._window + 1):]
+        (i0, t0), (i1, t1) = self._marks[0], self._marks[-1]
+        if i1 <= i0 or t1 <= t0:
+            return "-- it/s"
+        r = (i1 - i0) / (t1 - t0)
+        text = f"{r:.2f} it/s" if r >= 1 else f"{1 / r:.2f} s/it"
+        if left:
+            text += f", {_clock(max(self.total - done, 0) / r)} left"
+        return text
+
+
 class _StopRequest:
     """SIGINT/SIGTERM: finish the current iteration, save, exit."""
 
@@ -101,10 +135,12 @@ def train(cfg, out=print):
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
         model = build_model(cfg)
     stepper = Stepper(model, strategy, cfg.meta_batch_size)
-    source = make_task_source(cfg, "train")
+    source = make_task_source(cfg, "train", pool=cfg.task_pool)
     val_source = None
     if cfg.datasource != "sinusoid":
-        val_source = make_task_source(cfg, "test" if cfg.test_set else "val", seed=cfg.seed + 1)
+        from maml_tf.image_data import ORIGINAL_EVAL_POOL
+        val_source = make_task_source(cfg, "test" if cfg.test_set else "val", seed=cfg.seed + 1,
+                                      pool=ORIGINAL_EVAL_POOL if cfg.task_pool else 0)
     _check_logdir(cfg.logdir)
     manager = CheckpointManager(cfg.exp_dir, model, max_to_keep=cfg.max_to_keep)
     writer_manager = manager if chief else CheckpointManager(
@@ -131,7 +167,7 @@ def train(cfg, out=print):
     total = cfg.total_iterations
     last_saved = None
     itr = start - 1
-    t0 = time.time()
+    progress = Progress(start, total)
     sampler_state = source.get_state()
     batches = Prefetcher(source)  # from here on only its thread touches the source
     with _StopRequest() as stop, contextlib.closing(batches):
@@ -156,23 +192,27 @@ def train(cfg, out=print):
                     f"try a smaller --meta_lr or --update_lr")
             if itr != 0 and itr % print_interval == 0:
                 label = f"Pretrain Iteration {itr}" if pretraining else f"Iteration {itr - cfg.pretrain_iterations}"
+                rate = progress.rate(itr + 1)
                 if cfg.classification:
                     out(f"{label}: {np.mean(pre_acc)}, {np.mean(post_acc)} "
-                        f"(loss {np.mean(pre):.4f}, {np.mean(post):.4f}; {time.time() - t0:.1f}s)")
+                        f"(loss {np.mean(pre):.4f}, {np.mean(post):.4f}) | {rate}")
                 else:
-                    out(f"{label}: {np.mean(pre)}, {np.mean(post)} ({time.time() - t0:.1f}s)")
+                    out(f"{label}: {np.mean(pre)}, {np.mean(post)} | {rate}")
                 pre, post, pre_acc, post_acc = [], [], [], []
             if itr != 0 and itr % cfg.save_interval == 0:
                 last_saved = writer_manager.save(itr, itr + 1, sampler_state)
-            if val_source is not None and itr != 0 and itr % test_print_interval == 0:
+            # Validation as the original: its metaval_ summaries were part of merge_all, so
+            # written with every summary (each 100 iterations); printed every 500.
+            if val_source is not None and itr % SUMMARY_INTERVAL == 0:
                 vl, va = model.evaluate(*val_source.sample(), num_steps=cfg.eval_num_updates)
                 vl, va = vl.mean(0), va.mean(0)
-                if cfg.classification:
-                    out(f"Validation results: {va[0]}, {va[cfg.num_updates]}")
-                else:
-                    out(f"Validation results: {vl[0]}, {vl[cfg.num_updates]}")
                 if val_writer is not None:
                     _write_scalars(val_writer, "metaval_", itr, vl, va, cfg.classification)
+                if itr != 0 and itr % test_print_interval == 0:
+                    if cfg.classification:
+                        out(f"Validation results: {va[0]}, {va[cfg.num_updates]}")
+                    else:
+                        out(f"Validation results: {vl[0]}, {vl[cfg.num_updates]}")
             if stop.signum is not None:
                 if last_saved != writer_manager.path_for(itr):
                     writer_manager.save(itr, itr + 1, sampler_state)
@@ -183,6 +223,8 @@ def train(cfg, out=print):
     if itr >= start:
         if last_saved != writer_manager.path_for(itr):
             writer_manager.save(itr, itr + 1, sampler_state)
+        out(f"Done: iterations {start}-{itr} in {progress.elapsed()} ({progress.rate(itr + 1, left=False)}); "
+            f"checkpoint {manager.path_for(itr)}")
     else:
         out(f"Nothing to do: {cfg.exp_dir} already holds all {total} iterations.")
     _flush(writer, val_writer)
@@ -221,16 +263,38 @@ def _atomic_write(path, data, mode="w"):
     os.replace(tmp, path)
 
 
-def evaluate_tasks(cfg, model, split, num_tasks=None, seed=None):
+def evaluate_tasks(cfg, model, split, num_tasks=None, seed=None, out=None):
     """[num_tasks, 1 + eval_num_updates] per-task accuracies (classification) or
-    losses (regression) on the fixed evaluation tasks of ``split`` (meta-batch 1)."""
+    losses (regression) on the fixed evaluation tasks of ``split`` (meta-batch 1).
+    ``out``: where to print progress lines (about every 10 seconds)."""
     num_tasks = cfg.num_test_tasks if num_tasks is None else num_tasks
     source = make_task_source(cfg, split, meta_batch_size=1, seed=cfg.test_seed if seed is None else seed)
     rows = []
-    for _ in range(num_tasks):
+    progress = Progress(0, num_tasks)
+    last = time.time()
+    for i in range(num_tasks):
         losses, accs = model.evaluate(*source.sample(), num_steps=cfg.eval_num_updates)
         rows.append(accs[0] if cfg.classification else losses[0])
+        if out is not None and (time.time() - last >= 10 or i + 1 == num_tasks) and i + 1 < num_tasks:
+            last = time.time()
+            out(f"Testing: {i + 1}/{num_tasks} tasks | {progress.rate(i + 1).replace('it/s', 'tasks/s')}")
     return np.array(rows)
+
+
+def summary_line(cfg, rows):
+    """One readable line: the paper's column(s) with 95% intervals (and, for regression,
+    the median, which the few diverging tasks of K=5 sinusoid do not move)."""
+    n = len(rows)
+    ci = 1.96 * rows.std(0) / np.sqrt(n)
+    steps = [j for j in cfg.reported_steps if j < rows.shape[1]]
+    where = (f"{'test' if cfg.test_set else 'validation'} set, " if cfg.classification else "") + f"{n} tasks, 95% intervals"
+    if cfg.classification:
+        vals = ", ".join(f"{100 * rows[:, j].mean():.2f}% +- {100 * ci[j]:.2f}% after {j} step{'s' * (j > 1)}"
+                         for j in steps)
+        return f"Meta-test accuracy: {vals} ({where}; before adaptation {100 * rows[:, 0].mean():.1f}%)"
+    vals = ", ".join(f"{rows[:, j].mean():.3f} +- {ci[j]:.3f} after {j} step{'s' * (j > 1)}" for j in steps)
+    med = " / ".join(f"{np.median(rows[:, j]):.3f}" for j in steps)
+    return f"Meta-test MSE: {vals} (median {med}; {where})"
 
 
 def test(cfg, out=print):
@@ -255,7 +319,7 @@ def test(cfg, out=print):
                                  f"or point --logdir at the run (or give --init_checkpoint)")
         manager.restore(path, weights_only=True)
         out(f"Restoring model weights from {path}")
-    rows = evaluate_tasks(cfg, model, "test" if cfg.test_set else "val")
+    rows = evaluate_tasks(cfg, model, "test" if cfg.test_set else "val", out=out)
     means, stds = rows.mean(0), rows.std(0)
     ci95 = 1.96 * stds / np.sqrt(cfg.num_test_tasks)
     out("Mean validation accuracy/loss, stddev, and confidence intervals")
@@ -271,6 +335,7 @@ def test(cfg, out=print):
 
     _atomic_write(stem + ".pkl", lambda f: pickle.dump({"mses": rows}, f), mode="wb")
     _atomic_write(stem + ".csv", write_csv)
+    out(summary_line(cfg, rows))
     out(f"Wrote {stem}.csv")
     return means, stds, ci95
 

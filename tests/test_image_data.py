@@ -66,7 +66,10 @@ def test_omniglot_split(omniglot_prepared, omniglot_samplers):
     assert splits["val"] == order[1100:1200]
     assert splits["test"] == order[1200:]
     for s in SPLIT_SIZES:  # recorded next to the data
-        assert (root / "splits" / f"{s}.txt").read_text().split("\n")[:-1] == splits[s]
+        assert (root.parent / "omniglot_splits" / f"{s}.txt").read_text().split("\n")[:-1] == splits[s]
+    # Nothing of ours inside the dataset folder: the original's loader reads every entry
+    # of it as an alphabet.
+    assert sorted(p.name for p in root.iterdir()) == sorted({c.split("/")[0] for c in everything})
     # The sampler's images are the split's characters.
     images, names = image_data.load_omniglot(str(root))
     idx = [names.index(c) for c in splits["val"]]
@@ -180,6 +183,53 @@ def test_same_seed_same_tasks_and_state_resume(omniglot_samplers):
         d.set_state("not json")
 
 
+def test_task_pool_is_the_originals_cycled_list():
+    """--task_pool: a fixed list of tasks cycled in order (the original's 200000-task
+    filename list behind a non-shuffling input queue).  Fixed per pool task: the classes
+    with their labels and the K+Q images of each class; redrawn at every use: the
+    rotations and the per-sample-index class order (the original's in-graph random ops)."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(30, 6, 4, 4, 1), dtype=np.uint8)
+    s = EpisodeSampler(images, 3, 1, 1, rotate=True, invert=True, seed=7, pool_size=5,
+                       meta_batch_size=2)
+    draws = [s.sample_with_info() for _ in range(6)]  # 12 tasks: the pool of 5, cycled
+    order = np.concatenate([info["pool_index"] for _, info in draws])
+    assert order.tolist() == [0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 0, 1]
+    flat = []
+    for (xa, ya, xb, yb), info in draws:
+        labels = np.concatenate([ya, yb], 1).argmax(-1)
+        for t in range(2):
+            pairs = sorted(zip(labels[t].tolist(), info["image_index"][t].tolist()))
+            flat.append((info["classes"][t], pairs, info["rotation"][t]))
+    for a in range(12):
+        for b in range(a + 1, 12):
+            if order[a] == order[b]:  # same classes and labels, same images of each class
+                np.testing.assert_array_equal(flat[a][0], flat[b][0])
+                assert flat[a][1] == flat[b][1]
+    assert len({tuple(f[0]) for f in flat[:5]}) == 5  # five different tasks
+    # The per-task draws of pool task 0 are its own generator's, whatever came before.
+    classes, idx = s.pool_task(0)
+    np.testing.assert_array_equal(flat[0][0], classes)
+    # Rotations are redrawn per use (over 3 uses of 5 tasks, 3 classes, not all equal).
+    rots = np.array([flat[a][2] for a in range(12) if order[a] == 0])
+    assert len(rots) == 3 and not (rots == rots[0]).all()
+    # Resume: the state carries the pool position and the redraw generator.
+    state = s.get_state()
+    nxt = s.sample()
+    s2 = EpisodeSampler(images, 3, 1, 1, rotate=True, invert=True, seed=7, pool_size=5,
+                        meta_batch_size=2)
+    s2.set_state(state)
+    for a, b in zip(nxt, s2.sample()):
+        np.testing.assert_array_equal(a, b)
+    # A state of another pool, or of a fresh-task sampler, is refused with a clear error.
+    other = EpisodeSampler(images, 3, 1, 1, seed=7, pool_size=6, meta_batch_size=2)
+    with pytest.raises(DataError, match="pool of 5 tasks"):
+        other.set_state(state)
+    fresh = EpisodeSampler(images, 3, 1, 1, seed=7, meta_batch_size=2)
+    with pytest.raises(DataError, match="this sampler's is"):
+        fresh.set_state(state)
+
+
 def test_rot90_is_tf_image_rot90():
     import tensorflow as tf
 
@@ -243,7 +293,7 @@ def test_cache_is_used_and_rebuilt_when_stale(small_omniglot, monkeypatch):
     with pytest.warns(DataWarning, match="1623"):
         images, names = image_data.load_omniglot(str(small_omniglot))
     assert len(calls) == 1 and images.shape[1:] == (20, 28, 28, 1)
-    cache = small_omniglot / ".cache" / "omniglot_28x28x1.npz"
+    cache = small_omniglot.parent / ".cache" / "omniglot_28x28x1.npz"
     assert cache.is_file()
     with pytest.warns(DataWarning):
         again, names2 = image_data.load_omniglot(str(small_omniglot))
@@ -261,12 +311,13 @@ def test_cache_is_used_and_rebuilt_when_stale(small_omniglot, monkeypatch):
     with pytest.warns(DataWarning):
         fourth, _ = image_data.load_omniglot(str(small_omniglot))
     assert len(calls) == 3 and (fourth[0, 0] == 255).all()
-    assert not list((small_omniglot / ".cache").glob(".*"))  # no temp files left
+    assert not list((small_omniglot.parent / ".cache").glob(".*"))  # no temp files left
+    assert sorted(p.name for p in small_omniglot.iterdir()) == ["Angelic", "Greek", "Korean"]
 
 
 @pytest.mark.filterwarnings("ignore:.*the full Omniglot set has 1623")
 def test_cache_falls_back_when_not_writable(small_omniglot, tmp_path, monkeypatch):
-    (small_omniglot / ".cache").write_text("a file where the cache folder would go")
+    (small_omniglot.parent / ".cache").write_text("a file where the cache folder would go")
     monkeypatch.setenv("MAML_TF_CACHE_DIR", str(tmp_path / "fallback"))
     with pytest.warns(DataWarning):
         image_data.load_omniglot(str(small_omniglot))
@@ -279,7 +330,7 @@ def test_cache_falls_back_when_not_writable(small_omniglot, tmp_path, monkeypatc
     assert images.shape[1:] == (20, 28, 28, 1)
     assert not list(blocker.parent.glob("blocker*/**"))  # nothing written there
     # Split lists that cannot be written are skipped with a warning.
-    (small_omniglot / "splits").write_text("not a folder")
+    (small_omniglot.parent / "omniglot_splits").write_text("not a folder")
     with pytest.warns(DataWarning, match="could not write the split lists"):
         image_data.load_omniglot_split(str(small_omniglot), "train", cache=False)
 
@@ -323,7 +374,7 @@ def test_miniimagenet_episodes(miniimagenet_data_dir):
                          k_support=1, k_query=2, seed=0)
     assert s.images.shape == (5, 6, 84, 84, 3)
     assert s.class_names == sorted(p.name for p in (root / "train").iterdir())
-    assert (root / ".cache" / "miniimagenet_train_84x84x3.npz").is_file()
+    assert (miniimagenet_data_dir / ".cache" / "miniimagenet_train_84x84x3.npz").is_file()
     (xa, ya, xb, yb), info = s.sample_with_info(4)
     assert xa.shape == (4, 5, 21168) and xb.shape == (4, 10, 21168)
     assert ya.shape == (4, 5, 5) and yb.shape == (4, 10, 5)

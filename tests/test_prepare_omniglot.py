@@ -46,9 +46,8 @@ def test_full_set_layout(omniglot_prepared):
     root, s = omniglot_prepared.omniglot_dir, omniglot_prepared.summary
     assert (s["alphabets"], s["characters"], s["images"]) == (50, 1623, 32460)
     assert (s["written"], s["skipped"], s["unreadable"], s["ignored"]) == (32460, 0, 0, 0)
-    alphabets = [d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")
-                 and d.name != "splits"]
-    assert len(alphabets) == 50
+    alphabets = list(root.iterdir())  # exactly the original's layout: alphabets only
+    assert len(alphabets) == 50 and all(d.is_dir() for d in alphabets)
     characters = [c for a in alphabets for c in a.iterdir() if c.is_dir()]
     assert len(characters) == 1623
     expected = {}
@@ -227,3 +226,26 @@ def test_non_images_and_one_set_are_counted_warnings(tmp_path):
     assert "Greek" in os.listdir(out)
     assert len(png_files(out)) == 24 * 20
     assert "1 alphabets, 24 characters, 480 images (480 written" in r.stdout
+
+
+def test_older_layout_is_cleaned(tmp_path, prep, capsys):
+    """maml-tf 0.1 wrote split lists and its cache inside omniglot_resized/, where the
+    original's loader reads every folder as an alphabet; a rerun removes them (and only
+    them: a folder holding anything else stays, with a warning)."""
+    z = subset_zip(OMNIGLOT_ZIPS[0], tmp_path / "bg.zip", {"Greek"})
+    out = tmp_path / "omniglot_resized"
+    prep.prepare([str(z)], str(out), log=io.StringIO())
+    (out / "splits").mkdir()
+    for s in ("train", "val", "test"):
+        (out / "splits" / f"{s}.txt").write_text("Greek/character01\n")
+    (out / ".cache").mkdir()
+    (out / ".cache" / "omniglot_28x28x1.npz").write_bytes(b"old cache")
+    summary = prep.prepare([str(z)], str(out), log=io.StringIO())
+    assert sorted(summary["legacy_removed"]) == [".cache", "splits"]
+    assert [p.name for p in out.iterdir()] == ["Greek"]
+    (out / "notes").mkdir()
+    (out / "notes" / "mine.txt").write_text("keep me")
+    capsys.readouterr()
+    summary = prep.prepare([str(z)], str(out), log=io.StringIO())
+    assert summary["legacy_removed"] == [] and (out / "notes" / "mine.txt").is_file()
+    assert "holds notes: the original code reads every entry of it as an alphabet" in capsys.readouterr().err

@@ -68,10 +68,11 @@ import time
 
 import numpy as np
 
+from maml_tf import original
 from maml_tf.config import UsageError
+from maml_tf.original import OriginalError as CrosscheckError
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_ORIGINAL = os.path.join(os.path.dirname(REPO_ROOT), "shared", "anchors", "original")
+REPO_ROOT = original.REPO_ROOT
 
 # The original README's usage lines (the paper's alpha for sinusoid), without --logdir and length.
 PRESETS = {
@@ -97,7 +98,7 @@ ORIGINAL_FLAGS = ("datasource", "num_classes", "baseline", "pretrain_iterations"
                   "metatrain_iterations", "meta_batch_size", "meta_lr", "update_batch_size",
                   "update_lr", "num_updates", "norm", "num_filters", "conv", "max_pool",
                   "stop_grad")
-BATCH_NORMS = ("unfused", "fused")
+BATCH_NORMS = original.BATCH_NORMS
 
 # Largest difference accepted (float32 accuracy for each kind of quantity): relative for
 # losses, weights, outputs and gradients (per variable, ||ours - original|| / ||original||).
@@ -117,10 +118,6 @@ OUTLIER_SHARE = 1 / 3
 FLIP_SHARE = 0.1
 # Free-running drift accepted relative to the original's drift from itself (1 ulp apart).
 CHAOS_FACTOR = 10.0
-
-
-class CrosscheckError(RuntimeError):
-    """The original code could not be run (not found, failed): the message says why."""
 
 
 # ----------------------------------------------------------------------------- the job
@@ -231,57 +228,10 @@ def _sources(job, cfg_train, cfg_eval):
 
 
 # ------------------------------------------------------------------ the original's side
-def _moments_tf1(tf, x, axes):
-    """``tf.nn.moments`` of TensorFlow 1.0-1.2: shifted sufficient statistics, shift =
-    stop_gradient(mean).  var = E[(x-s)^2] - E[x-s]^2 is the variance for any constant s,
-    so every derivative is exact (TF 1.3's form, E[(x - stop_gradient(mean))^2], drops a
-    second-derivative term)."""
-    shift = tf.stop_gradient(tf.reduce_mean(x, axes, keepdims=True))
-    shifted_mean = tf.reduce_mean(x - shift, axes, keepdims=True)
-    variance = tf.reduce_mean(tf.squared_difference(x, shift), axes, keepdims=True) - tf.square(shifted_mean)
-    return shifted_mean + shift, variance
-
-
-def install_unfused_batch_norm(tf):
-    """Give the original contrib's ``batch_norm`` as TF 1.0-1.3 ran it by default
-    (``fused=False``): TF 1.0-1.2 moments, then ``tf.nn.batch_normalization``; beta only,
-    eps 1e-3, batch statistics, activation inside, the shim's variables."""
-    def batch_norm(inputs, activation_fn=None, reuse=None, scope=None, **unused):
-        with tf.variable_scope(scope, "BatchNorm", [inputs], reuse=reuse):
-            shape = inputs.shape[-1:]
-            beta = tf.get_variable("beta", shape, inputs.dtype, tf.zeros_initializer())
-            tf.get_variable("moving_mean", shape, inputs.dtype, tf.zeros_initializer(), trainable=False)
-            tf.get_variable("moving_variance", shape, inputs.dtype, tf.ones_initializer(), trainable=False)
-            mean, var = _moments_tf1(tf, inputs, list(range(inputs.shape.ndims - 1)))
-            out = tf.nn.batch_normalization(inputs, mean, var, beta, None, 1e-3)
-            return activation_fn(out) if activation_fn is not None else out
-    for name in ("tensorflow.contrib.layers", "tensorflow.contrib.layers.python.layers"):
-        sys.modules[name].batch_norm = batch_norm
-    tf.contrib.layers.batch_norm = batch_norm
-
-
-def _load_original(job, original_dir):
-    """(tf1, the original's MAML class, its FLAGS) with the shim installed."""
-    sys.path.insert(0, original_dir)
-    import run_original  # noqa: E402  (the TF2 shim of ../shared/anchors/original)
-    tf = run_original.install_tf1_shim()
-    if job["original_batch_norm"] == "unfused":
-        install_unfused_batch_norm(tf)
-    sys.path.insert(0, os.path.join(original_dir, "cbfinn_maml"))
-    from tensorflow.python.platform import flags  # noqa: E402
-    import main as original_main  # noqa: E402,F401  (defines the original's flags)
-    from maml import MAML as OriginalMAML  # noqa: E402
-    FLAGS = flags.FLAGS
-    FLAGS(["crosscheck"])
-    for name in ORIGINAL_FLAGS:
-        if name in job["flags"]:
-            setattr(FLAGS, name, job["flags"][name])
-    return tf, OriginalMAML, FLAGS
-
-
 def _run_original(job, work_dir, original_dir):
     """In its own process: the original code, trained and evaluated as described above."""
-    tf, OriginalMAML, FLAGS = _load_original(job, original_dir)
+    flag_values = {k: v for k, v in job["flags"].items() if k in ORIGINAL_FLAGS}
+    tf, OriginalMAML, FLAGS = original.load(flag_values, original_dir, job["original_batch_norm"])
     cfg_train, cfg_eval = _config(job, True), _config(job, False)
     classification = cfg_train.classification
 
@@ -739,7 +689,7 @@ def fused_batch_norm_check():
     def bn(h, kind):
         if kind == "fused":
             return tf.nn.fused_batch_norm(h, tf.ones([3]), beta, epsilon=1e-3, is_training=True)[0]
-        mean, var = _moments_tf1(tf, h, [0, 1, 2])
+        mean, var = original.moments_tf1(tf, h, [0, 1, 2])
         return (h - mean) * tf.rsqrt(var + 1e-3) + beta
 
     def task(xi, ui, kind):
@@ -773,15 +723,6 @@ def _tf_check_report():
 
 
 # ------------------------------------------------------------------------- driver
-def find_original(path=None):
-    path = path or os.environ.get("MAML_ORIGINAL_DIR") or DEFAULT_ORIGINAL
-    if not (os.path.isfile(os.path.join(path, "run_original.py"))
-            and os.path.isfile(os.path.join(path, "cbfinn_maml", "maml.py"))):
-        raise CrosscheckError(f"the original code is not at {path} (need run_original.py and "
-                              f"cbfinn_maml/): pass --original DIR or set MAML_ORIGINAL_DIR")
-    return os.path.abspath(path)
-
-
 def _child(args, work_dir, log, what):
     cmd = [sys.executable, "-m", "maml_tf.crosscheck"] + args
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=os.pathsep.join(
@@ -796,7 +737,7 @@ def _child(args, work_dir, log, what):
 
 def run_crosscheck(job, original_dir=None, work_dir=None, out=print):
     """Run both sides of ``job`` (see :func:`build_job`); returns (rows, report text, all ok)."""
-    original_dir = find_original(original_dir)
+    original_dir = original.find_original(original_dir)
     own = work_dir is None
     work_dir = os.path.abspath(work_dir or tempfile.mkdtemp(prefix="maml_crosscheck_"))
     os.makedirs(work_dir, exist_ok=True)

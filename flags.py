@@ -40,11 +40,13 @@ flags.DEFINE_integer("max_to_keep", 10, "number of newest checkpoints kept (the 
 flags.DEFINE_integer("num_query", -1, "query examples per class; -1 keeps the original's rule (K; 15 when meta-training on miniImageNet).")
 flags.DEFINE_integer("num_test_tasks", 600, "number of tasks evaluated by --train=False (the original: 600).")
 flags.DEFINE_integer("test_seed", 1, "seed of the fixed evaluation tasks of --train=False (the original seeded numpy with 1).")
-flags.DEFINE_enum("task_mode", "batched", ["batched", "loop"], "process the tasks of a meta-batch together (batched) or one after another (loop); both compute the same.")
+flags.DEFINE_enum("task_mode", "auto", ["auto", "batched", "loop"], "process the tasks of a meta-batch together (batched) or one after another (loop); both compute the same. auto: the faster on this machine, measured on the first run of a configuration and cached (maml_tf/autotune.py).")
 flags.DEFINE_integer("task_pool", 200000, "image data: meta-train on a fixed pool of this many tasks, cycled through in order, as the original (num_total_batches = 200000; its validation cycled through 600); 0 draws every task fresh. Evaluation (--train=False) always uses --num_test_tasks fixed tasks.")
+flags.DEFINE_string("pretrained", "", "a model published in pretrained/ (its name, or a folder): its flags and weights; with --train=False it is tested, otherwise meta-trained further. Flags given on the command line override its manifest's.")
 flags.DEFINE_string("init_checkpoint", "", "prefix of a checkpoint written by the original TF1 code (e.g. .../model59000) to start from: tested with --train=False, or meta-trained further.")
 flags.DEFINE_enum("distribution", "none", ["none", "mirrored", "multi_worker"], "meta-train under tf.distribute: mirrored (the GPUs of one machine), multi_worker (several machines, set by TF_CONFIG); the meta-batch is split across replicas and must be divisible by their number.")
 flags.DEFINE_integer("cpu_devices", 0, "split the CPU into this many logical devices for --distribution (testing without GPUs).")
-flags.DEFINE_bool("xla", False, "compile the training step with XLA (jit_compile=True).")
+flags.DEFINE_bool("xla", None, "compile the training step with XLA (True) or not (False); unset: the faster on this machine (measured once and cached; XLA usually wins for the fc nets only).")
+flags.DEFINE_string("step_times", "", "write the end time of every training iteration (seconds, time.perf_counter) to this .npy file (for bench/main_speed.py).")
 
 FLAGS = flags.FLAGS

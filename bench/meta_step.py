@@ -132,10 +132,10 @@ def build(config, first_order=False, task_mode=None, xla=None):
     fields = dict(CONFIGS[config], stop_grad=first_order, seed=0)
     if task_mode:
         fields["task_mode"] = task_mode
-    # None: the model's own choice (MAML(jit_compile=None)); Config.xla defaults to False
+    # None: what main.py runs (maml_tf.autotune: measured on this machine, cached)
     fields["xla"] = None if xla is None else xla == "on"
     cfg = Config(**fields)
-    model = build_model(cfg)
+    model = build_model(cfg, tune=True, out=lambda line: print(line, file=sys.stderr))
     rng = np.random.default_rng(0)
     model.spec.init(rng=rng)  # advance the stream past the weights, as the anchors do
     fixed = None if cfg.datasource == "sinusoid" else make_batch(config, cfg, rng)
@@ -143,6 +143,12 @@ def build(config, first_order=False, task_mode=None, xla=None):
     def next_batch():
         return fixed if fixed is not None else make_batch(config, cfg, rng)
     return model, cfg, next_batch
+
+
+def cpu_description():
+    sys.path.insert(0, str(REPO))
+    from maml_tf.autotune import cpu_description as describe
+    return describe()
 
 
 def run_ours(args):
@@ -177,6 +183,7 @@ def run_ours(args):
         "final_meta_loss": losses[-1], "initial_meta_loss": losses[0],
         "compile_s": times[0], "cpu_sec_per_iter_median": statistics.median(cpu[warmup:]),
         "load_avg": os.getloadavg()[0], "warmup": warmup, "threads": args.threads,
+        "cpu": cpu_description(),
         "tf_intra_inter_threads": list(pools),
         "versions": {"python": sys.version.split()[0], "tensorflow": tf.__version__,
                      "numpy": np.__version__},

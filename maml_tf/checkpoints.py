@@ -53,9 +53,13 @@ class CheckpointManager:
         return os.path.join(self.directory, f"model{itr}")
 
     def save(self, itr, iterations_done, sampler_state=""):
-        """Write model<itr> holding the state after ``iterations_done`` iterations."""
+        """Write model<itr> holding the state after ``iterations_done`` iterations.
+        ``sampler_state``: the task source's state string, or a function returning it
+        (serialised only when a checkpoint is written)."""
         os.makedirs(self.directory, exist_ok=True)
         self.iteration.assign(iterations_done)
+        if callable(sampler_state):
+            sampler_state = sampler_state()
         self.sampler_state.assign(sampler_state or "")
         path = self.checkpoint.write(self.path_for(itr))
         listed = [p for p in self.all_checkpoints() if p != path] + [path]

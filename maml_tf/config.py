@@ -52,14 +52,16 @@ class Config:
     num_query: int = -1
     num_test_tasks: int = 600
     test_seed: int = 1
-    task_mode: str = "batched"
+    task_mode: str = "auto"
     task_pool: int = 200000
     init_checkpoint: str = ""
+    pretrained: str = ""
     distribution: str = "none"
     cpu_devices: int = 0
     # names of the flags given on the command line (for contradiction checks)
     explicit: tuple = ()
-    xla: bool = False
+    xla: Optional[bool] = None  # None: auto (maml_tf.autotune)
+    step_times: str = ""
 
     # ------------------------------------------------------------ derived rules
     @property
@@ -194,8 +196,8 @@ class Config:
             raise UsageError("--update_lr must be positive and --meta_lr non-negative")
         if self.classification and self.conv and self.num_filters < 1:
             raise UsageError(f"--num_filters={self.num_filters} must be at least 1")
-        if self.task_mode not in ("batched", "loop"):
-            raise UsageError(f"--task_mode={self.task_mode!r} is unknown: use batched or loop")
+        if self.task_mode not in ("auto", "batched", "loop"):
+            raise UsageError(f"--task_mode={self.task_mode!r} is unknown: use auto, batched or loop")
         if self.datasource == "sinusoid":
             given = [f"--{n}" for n in ("conv", "max_pool", "num_filters") if n in self.explicit]
             if self.max_pool and "--max_pool" not in given:
@@ -204,6 +206,8 @@ class Config:
                 raise UsageError(f"{', '.join(given)} only apply to the image data sources: the sinusoid "
                                  f"network is the original's fc 40-40; drop {', '.join(given)} or use "
                                  f"--datasource=omniglot/miniimagenet")
+        if self.pretrained and self.init_checkpoint:
+            raise UsageError("--pretrained and --init_checkpoint both give the starting weights: keep one")
         if self.distribution not in ("none", "mirrored", "multi_worker"):
             raise UsageError(f"--distribution={self.distribution!r} is unknown: use none, mirrored or multi_worker")
         if self.cpu_devices and self.distribution == "none":

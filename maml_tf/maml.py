@@ -157,6 +157,7 @@ class MAML(tf.Module):
                                                   autograph=False))
         self._pretrain = _DirectCall(tf.function(self._pretrain_packed, jit_compile=jit,
                                                  autograph=False))
+
         self._evaluate = tf.function(self._evaluate_step, jit_compile=jit, autograph=False)
 
     # ------------------------------------------------------------ building blocks
@@ -332,15 +333,12 @@ class MAML(tf.Module):
 
     def metatrain_step(self, inputa, labela, inputb, labelb):
         """One outer Adam step on the post-update loss; returns the metrics (pre-update values)."""
-        v = self._metatrain(*self._inputs((inputa, labela, inputb, labelb))).numpy()
-        out = dict(zip(METRIC_KEYS, v[:4]))
-        out["grad_finite"] = np.bool_(v[4] != 0)
-        return out
+        return _metatrain_metrics(self._metatrain(*self._inputs((inputa, labela, inputb, labelb))))
 
     def pretrain_step(self, inputa, labela, inputb, labelb):
         """One outer Adam step on the pre-update loss (the pretrained baseline)."""
-        v = self._pretrain(*self._inputs((inputa, labela, inputb, labelb))).numpy()
-        return {"preloss": v[0], "preacc": v[1], "grad_finite": np.bool_(v[2] != 0)}
+        return _pretrain_metrics(self._pretrain(*self._inputs((inputa, labela, inputb, labelb))))
+
 
     def evaluate(self, inputa, labela, inputb, labelb, num_steps):
         """Per-task losses and accuracies, [T, 1 + num_steps] each: column 0 is the
@@ -353,6 +351,18 @@ class MAML(tf.Module):
         """theta and the norm parameters as numpy arrays (two dicts)."""
         return ({k: v.numpy() for k, v in self.weights.items()},
                 {k: v.numpy() for k, v in self.norm_params.items()})
+
+
+def _metatrain_metrics(packed):
+    v = packed.numpy()
+    out = dict(zip(METRIC_KEYS, v[:4]))
+    out["grad_finite"] = np.bool_(v[4] != 0)
+    return out
+
+
+def _pretrain_metrics(packed):
+    v = packed.numpy()
+    return {"preloss": v[0], "preacc": v[1], "grad_finite": np.bool_(v[2] != 0)}
 
 
 def _all_finite(tensors):

@@ -3,6 +3,9 @@ import os
 import pathlib
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The step's path is chosen without timing it (tests/test_autotune.py covers the timing):
+# the suite's short runs would spend longer measuring than training.
+os.environ.setdefault("MAML_TF_AUTOTUNE", "0")
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"

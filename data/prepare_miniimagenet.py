@@ -28,7 +28,11 @@ Two input forms.
    (N x 84 x 84 x 3 uint8) and ``class_dict`` (class name -> list of row indices).  These
    images are already 84x84; they are written as lossless PNG files
    ``OUTPUT/<split>/<wnid>/<wnid>_<row index:05d>.png`` (re-encoding them as JPEG would
-   lose information).  Only load pickles you trust: unpickling can run code.
+   lose information).  The files come from third-party mirrors, so they are read with
+   ``maml_tf.safe_pickle``, which admits only numpy arrays, dtypes and scalars inside
+   dicts and lists: a file that asks for anything else (``os.system``, ``builtins.eval``,
+   any other function or class) is refused without running it, as is a truncated or
+   corrupt file; all three files are checked before anything is written.
 
 ``--output`` defaults to the ``miniImagenet`` folder next to this script
 (``data/miniImagenet``), which is where ``maml_tf`` looks by default.
@@ -43,14 +47,15 @@ Exit status: 0 on success (possibly with warnings), 2 on bad input, 130 if inter
 import argparse
 import csv
 import os
-import pickle
 import re
 import sys
 import time
 
 SCRIPT_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, SCRIPT_DIR)
+sys.path.insert(1, os.path.dirname(SCRIPT_DIR))  # the repository root, for maml_tf
 from _preparing import InputError, remove_stale_temps, save_atomic, warn  # noqa: E402
+from maml_tf import safe_pickle  # noqa: E402
 DEFAULT_OUTPUT = os.path.join(SCRIPT_DIR, "miniImagenet")
 
 SPLITS = ("train", "val", "test")
@@ -264,11 +269,17 @@ def load_pickle(path):
         raise InputError(f"{path} not found; --pickle_dir must hold "
                          f"{', '.join(PICKLE_NAME.format(s) for s in SPLITS)}")
     try:
-        with open(path, "rb") as f:
-            data = pickle.load(f)
-    except Exception as exc:
-        raise InputError(f"cannot unpickle {path} ({type(exc).__name__}: {exc}); download the "
-                         f"file again")
+        data = safe_pickle.load(path)
+    except safe_pickle.UnsafePickleError as exc:
+        raise InputError(f"{path} refused: it asks for {exc.what}, which a miniImageNet cache "
+                         f"never holds (only numpy arrays, dtypes and scalars are admitted; "
+                         f"unpickling anything else could run code); delete this file and "
+                         f"download the cache from a source you trust")
+    except safe_pickle.CorruptPickleError as exc:
+        raise InputError(f"cannot unpickle {path}: truncated or corrupt pickle ({exc.detail}); "
+                         f"download the file again")
+    except OSError as exc:
+        raise InputError(f"cannot read {path} ({exc.strerror or exc})")
     if not isinstance(data, dict) or "image_data" not in data or "class_dict" not in data:
         found = sorted(map(str, data)) if isinstance(data, dict) else type(data).__name__
         raise InputError(f"{path} holds {found}, expected a dict with keys 'image_data' and "

@@ -25,13 +25,15 @@ maml-tf run.
 import argparse
 import json
 import os
-import pickle
 import subprocess
 import sys
 
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+from maml_tf import safe_pickle  # noqa: E402  (test .pkl files: numpy only, no code)
 EXP = "cls_5.mbs_25.ubs_10.numstep1.updatelr0.01nonorm"
 DIVERGED = 25.0  # MSE after 10 steps above this: worse than predicting 0 for any task
 
@@ -85,8 +87,7 @@ def one_seed(seed, root, iterations, only):
 
 
 def stats(path):
-    with open(path, "rb") as f:
-        m = np.asarray(pickle.load(f)["mses"], np.float64)
+    m = np.asarray(safe_pickle.load(path)["mses"], np.float64)
     return {"mean": [float(m[:, j].mean()) for j in (1, 5, 10)],
             "ci95": [float(1.96 * m[:, j].std() / np.sqrt(len(m))) for j in (1, 5, 10)],
             "median": [float(np.median(m[:, j])) for j in (1, 5, 10)],
@@ -105,10 +106,8 @@ def summary(root, seeds):
             a = pkl(os.path.join(root, "original", f"seed{seed}"), k)
             b = pkl(os.path.join(root, "ours_on_original", f"seed{seed}"), k)
             if os.path.exists(a) and os.path.exists(b):
-                with open(a, "rb") as f:
-                    ma = np.asarray(pickle.load(f)["mses"], np.float64)
-                with open(b, "rb") as f:
-                    mb = np.asarray(pickle.load(f)["mses"], np.float64)
+                ma = np.asarray(safe_pickle.load(a)["mses"], np.float64)
+                mb = np.asarray(safe_pickle.load(b)["mses"], np.float64)
                 rel = np.abs(ma - mb) / np.maximum(np.abs(ma), 1e-12)
                 finite = np.isfinite(ma[:, 10]) & (ma[:, 10] <= DIVERGED)
                 out["cross"][f"seed{seed}/K{k}"] = {

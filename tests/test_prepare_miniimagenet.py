@@ -2,6 +2,7 @@
 import csv
 import hashlib
 import io
+import os
 import pickle
 import shutil
 import subprocess
@@ -13,6 +14,7 @@ import pytest
 from PIL import Image
 
 from conftest import MINI_FIXTURE_CLASSES, MINI_FIXTURE_ROWS, REPO_ROOT, load_data_script
+from test_safe_pickle import PAYLOADS, wait_absent
 
 SCRIPT = REPO_ROOT / "data" / "prepare_miniimagenet.py"
 SPLITS = ("train", "val", "test")
@@ -271,3 +273,85 @@ def test_csv_names_case_and_duplicates(sources, tmp_path):
     r = run_cli("--csv_dir", sources.csv_dir, "--images_dir", sources.images_dir,
                 "--output", out)
     assert_clean_error(r, f"class {sources.rows['train'][0][1]} is in both train.csv and val.csv")
+
+
+# ------------------------------------------------- pickles from third-party mirrors
+
+def assert_pngs_match(out, truth):
+    for split, (data, class_dict) in truth.items():
+        assert sorted(p.name for p in (out / split).iterdir()) == sorted(class_dict)
+        for wnid, idx in class_dict.items():
+            names = sorted(p.name for p in (out / split / wnid).iterdir())
+            assert names == sorted(f"{wnid}_{i:05d}.png" for i in idx)
+            for i in idx:
+                with Image.open(out / split / wnid / f"{wnid}_{i:05d}.png") as im:
+                    assert im.format == "PNG" and im.mode == "RGB"
+                    np.testing.assert_array_equal(np.array(im), data[i])
+
+
+@pytest.mark.parametrize("protocol", sorted({2, pickle.DEFAULT_PROTOCOL,
+                                             pickle.HIGHEST_PROTOCOL}))
+def test_pickle_form_protocols_through_safe_loader(sources, tmp_path, protocol):
+    """Caches as the mirrors lay them out (a dict of a uint8 array and lists), written
+    with protocol 2 and the default one, convert as before."""
+    folder = tmp_path / "pkl"
+    truth = make_pickles(folder, sources, np.random.default_rng(11))
+    for split, (data, class_dict) in truth.items():
+        (folder / f"mini-imagenet-cache-{split}.pkl").write_bytes(pickle.dumps(
+            {"image_data": data, "class_dict": class_dict}, protocol=protocol))
+    out = tmp_path / "out"
+    r = run_cli("--pickle_dir", folder, "--output", out)
+    assert r.returncode == 0, r.stderr
+    assert "60 written" in r.stdout
+    assert_pngs_match(out, truth)
+
+
+def importable_env():
+    """The environment with tests/ importable, so that plain pickle can load the test
+    suite's own class: the refusal, not an ImportError, must be what stops it."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(REPO_ROOT / "tests")] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+
+
+def run_cli_importable(*args):
+    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)],
+                          capture_output=True, text=True, timeout=300, env=importable_env())
+
+
+@pytest.mark.parametrize("payload", sorted(PAYLOADS))
+def test_crafted_pickle_is_refused(sources, tmp_path, payload):
+    folder = tmp_path / "pkl"
+    truth = make_pickles(folder, sources, np.random.default_rng(0))
+    make, name = PAYLOADS[payload]
+    marker = tmp_path / "planted"
+    data, class_dict = truth["test"]
+    # The last split: train and val are valid, and must not have been written.
+    target = folder / "mini-imagenet-cache-test.pkl"
+    target.write_bytes(pickle.dumps(
+        {"image_data": data, "class_dict": class_dict, "note": make(marker)}))
+    # Control: plain pickle.load of this file does run the payload.
+    c = subprocess.run([sys.executable, "-c", "import pickle, subprocess, sys; "
+                        "x = pickle.load(open(sys.argv[1], 'rb'))['note']; "
+                        "isinstance(x, subprocess.Popen) and x.wait()", str(target)],
+                       capture_output=True, text=True, timeout=300, env=importable_env())
+    assert c.returncode == 0 and marker.exists(), c.stderr
+    marker.unlink()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("already here")
+    r = run_cli_importable("--pickle_dir", folder, "--output", out)
+    assert_clean_error(r, target, f"refused: it asks for global {name},")
+    assert wait_absent(marker)
+    assert sorted(out.rglob("*")) == [out / "keep.txt"]
+
+
+def test_truncated_pickle(sources, tmp_path):
+    folder = tmp_path / "pkl"
+    make_pickles(folder, sources, np.random.default_rng(0))
+    target = folder / "mini-imagenet-cache-val.pkl"
+    blob = target.read_bytes()
+    target.write_bytes(blob[:len(blob) // 2])
+    out = tmp_path / "out"
+    r = run_cli("--pickle_dir", folder, "--output", out)
+    assert_clean_error(r, target, "truncated or corrupt pickle", "download the file again")
+    assert not out.exists()

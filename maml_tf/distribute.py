@@ -17,7 +17,6 @@ import numpy as np
 import tensorflow as tf
 
 from maml_tf.config import UsageError
-from maml_tf.meta import ZERO
 
 STRATEGIES = ("none", "mirrored", "multi_worker")
 
@@ -106,25 +105,19 @@ class Stepper:
                                             (ctx.replica_id_in_sync_group + 1) * n]))
         return [piece(np.asarray(a)) for a in batch]
 
-    def _replica_metatrain(self, inputa, labela, inputb, labelb):
-        m = self.model
-        with tf.GradientTape() as tape:
-            lossa, acca, query = m.task_metalearn(inputa, labela, inputb, labelb, m.num_updates,
-                                                  m.first_order, outer_tape=tape)
-            lossb, accb = query[m.num_updates]
-            share = tf.reduce_sum(lossb) / tf.cast(self.meta_batch_size, lossb.dtype)
-        grads = tape.gradient(share, m.meta_vars, unconnected_gradients=ZERO)
-        sums = tf.stack([tf.reduce_sum(lossa), tf.reduce_sum(lossb), tf.reduce_sum(acca),
-                         tf.reduce_sum(accb)])
-        return grads, sums
+    def _replica(self, gradients_fn, keys, inputa, *rest):
+        """This replica's share of the meta-batch: the model's own (engine, method) mean
+        over its tasks, rescaled to its share of the global mean; metrics as sums."""
+        metrics, grads = gradients_fn(inputa, *rest)
+        local = tf.cast(inputa.shape[0], metrics[keys[0]].dtype)
+        share = local / tf.cast(self.meta_batch_size, local.dtype)
+        return [g * share for g in grads], tf.stack([metrics[k] * local for k in keys])
 
-    def _replica_pretrain(self, inputa, labela, inputb, labelb):
-        m = self.model
-        with tf.GradientTape() as tape:
-            lossa, acca, _ = m.task_metalearn(inputa, labela, inputb, labelb, 0, query_steps=[])
-            share = tf.reduce_sum(lossa) / tf.cast(self.meta_batch_size, lossa.dtype)
-        grads = tape.gradient(share, m.meta_vars, unconnected_gradients=ZERO)
-        return grads, tf.stack([tf.reduce_sum(lossa), tf.reduce_sum(acca)])
+    def _replica_metatrain(self, *batch):
+        return self._replica(self.model.meta_gradients, ("preloss", "postloss", "preacc", "postacc"), *batch)
+
+    def _replica_pretrain(self, *batch):
+        return self._replica(self.model.pretrain_gradients, ("preloss", "preacc"), *batch)
 
     def _reduce(self, grads, sums):
         sum_ = tf.distribute.ReduceOp.SUM

@@ -20,13 +20,14 @@ Speed (bench/README.md): the fc nets' training step is compiled with XLA
 ``metatrain_step`` calls the traced graph directly (:class:`_DirectCall`), and
 :func:`configure_threads` sizes TF's thread pools for the network.
 """
+import dataclasses
 import itertools
 import os
 
 import numpy as np
 import tensorflow as tf
 
-from maml_tf import losses
+from maml_tf import engines, losses
 from maml_tf.meta import ZERO, sgd_step, tape_gradient
 from maml_tf.networks import FactoredFCWeights
 from maml_tf.optimizer import Adam
@@ -128,10 +129,17 @@ class MAML(tf.Module):
 
     def __init__(self, spec, loss="mse", update_batch_size=1, update_lr=1e-3, num_updates=1,
                  meta_lr=1e-3, first_order=False, clip_value=None, seed=0,
-                 task_mode="batched", jit_compile=None, dtype=tf.float32):
+                 task_mode="batched", jit_compile=None, dtype=tf.float32, engine="nested",
+                 **engine_options):
         super().__init__(name="maml")
         if task_mode not in TASK_MODES:
             raise ValueError(f"task_mode must be one of {TASK_MODES}, got {task_mode!r}")
+        # How the meta-gradient flows back (maml_tf/engines.py): 'nested' runs the fast
+        # paths below (with truncate_steps and dropgrad); the others build an
+        # engines.Problem of the meta-batch.
+        self.engine = engine
+        self.engine_options = engines.Options(first_order=first_order, seed=seed, **engine_options)
+        self.engine_options.check(engine, num_updates)
         self.spec = spec
         self.classification = loss == "xent"
         self.update_batch_size = update_batch_size
@@ -179,9 +187,12 @@ class MAML(tf.Module):
         return losses.accuracy(pred, label, per_task=len(pred.shape) == 3)
 
     def _trajectory(self, fwd, fast, inputa, labela, inputb, labelb, num_updates, first_order,
-                    outer_tape, query_steps):
+                    outer_tape, query_steps, dropgrad=None):
         """Inner loop from ``fast``: pre-update support loss/accuracy and, for each
-        j in ``query_steps``, the query loss/accuracy after j inner steps."""
+        j in ``query_steps``, the query loss/accuracy after j inner steps.  The inner
+        gradients of steps j < ``cut`` are constants (``truncate_steps``); ``dropgrad``:
+        grads, j -> masked grads."""
+        cut = self._truncation(num_updates, outer_tape)
         lossa = acca = None
         query = {}
         for j in range(num_updates + 1):
@@ -197,7 +208,9 @@ class MAML(tf.Module):
                 total = tf.reduce_sum(la)
             if j == 0:
                 lossa, acca = la, self.accuracy(preda, labela)
-            grads = tape_gradient(tape, total, fast, first_order, outer_tape)
+            grads = tape_gradient(tape, total, fast, first_order or j < cut, outer_tape)
+            if dropgrad is not None:
+                grads = dropgrad(grads, j)
             fast = sgd_step(fast, grads, self.update_lr)
         if lossa is None:  # no inner step
             preda = fwd(inputa, fast)
@@ -209,6 +222,7 @@ class MAML(tf.Module):
         """:meth:`_trajectory` for fc networks, tasks batched, fast weights factored
         (see :class:`maml_tf.networks.FactoredFCWeights`)."""
         t, bs = inputa.shape[0], inputa.shape[1]
+        cut = self._truncation(num_updates, outer_tape)
         fast = FactoredFCWeights.initial(self.spec, self.weights, t, bs, inputb.shape[1],
                                          max(num_updates, 1))
         lossa = acca = None
@@ -220,6 +234,7 @@ class MAML(tf.Module):
             if j == num_updates:
                 break
             offsets = [tf.zeros(s, inputa.dtype) for s in fast.output_shapes(t, bs)]
+            step_first_order = first_order or j < cut
             with tf.GradientTape(watch_accessed_variables=False) as tape:
                 tape.watch(offsets)
                 preda, inputs = fast.forward(inputa, self.norm_params, offsets)
@@ -227,8 +242,8 @@ class MAML(tf.Module):
                 total = tf.reduce_sum(la)
             if j == 0:
                 lossa, acca = la, self.accuracy(preda, labela)
-            grads = tape_gradient(tape, total, offsets, first_order, outer_tape)
-            fast = fast.updated(inputs, grads, self.update_lr, stop_gradient=first_order)
+            grads = tape_gradient(tape, total, offsets, step_first_order, outer_tape)
+            fast = fast.updated(inputs, grads, self.update_lr, stop_gradient=step_first_order)
         if lossa is None:  # no inner step
             preda, _ = fast.forward(inputa, self.norm_params)
             lossa, acca = self.loss(preda, labela), self.accuracy(preda, labela)
@@ -244,24 +259,85 @@ class MAML(tf.Module):
         """
         if query_steps is None:
             query_steps = [num_updates]
-        if self.task_mode == "batched" and self.spec.kind == "fc":
+        # DropGrad only while meta-training (outer_tape given), not in evaluation.
+        drop = self.engine_options.dropgrad and outer_tape is not None
+        t = inputa.shape[0]
+        if self.task_mode == "batched" and self.spec.kind == "fc" and not drop:
             return self._trajectory_factored(inputa, labela, inputb, labelb, num_updates,
                                              first_order, outer_tape, query_steps)
         if self.task_mode == "batched":
-            t = inputa.shape[0]
             fast = {k: tf.broadcast_to(v, [t] + v.shape.as_list()) for k, v in self.weights.items()}
             fwd = lambda x, w: self.forward(x, w, batched=True)
             return self._trajectory(fwd, fast, inputa, labela, inputb, labelb, num_updates,
-                                    first_order, outer_tape, query_steps)
+                                    first_order, outer_tape, query_steps,
+                                    self._dropgrad_fn(t) if drop else None)
         per_task = [self._trajectory(self.forward, dict(self.weights), inputa[i], labela[i],
                                      inputb[i], labelb[i], num_updates, first_order, outer_tape,
-                                     query_steps)
-                    for i in range(inputa.shape[0])]
+                                     query_steps, self._dropgrad_fn(t, i) if drop else None)
+                    for i in range(t)]
         lossa = tf.stack([r[0] for r in per_task])
         acca = tf.stack([r[1] for r in per_task])
         query = {j: (tf.stack([r[2][j][0] for r in per_task]),
                      tf.stack([r[2][j][1] for r in per_task])) for j in query_steps}
         return lossa, acca, query
+
+    def _truncation(self, num_updates, outer_tape):
+        """Steps j < cut have constant inner gradients (truncate_steps; meta-training only)."""
+        k = self.engine_options.truncate_steps
+        return 0 if (k is None or outer_tape is None) else max(num_updates - k, 0)
+
+    def _dropgrad_fn(self, num_tasks, task=None):
+        """grads, j -> grads masked by DropGrad's D_j (engines.dropgrad_mask), drawn for the
+        whole meta-batch ([T, ...]) from (seed, training step, j, parameter), so the
+        loop mode (task ``task``'s rows) sees the batched mode's masks."""
+        opts = dataclasses.replace(self.engine_options, step=self.metatrain_optimizer.step)
+
+        def apply(grads, j):
+            if task is None:
+                mask = engines.dropgrad_mask(grads, opts, j)
+                return {k: grads[k] * mask[k] for k in grads}
+            full = {k: tf.zeros([num_tasks] + g.shape.as_list(), g.dtype) for k, g in grads.items()}
+            mask = engines.dropgrad_mask(full, opts, j)
+            return {k: grads[k] * mask[k][task] for k in grads}
+        return apply
+
+    def engine_problem(self, inputa, labela, inputb, labelb):
+        """The meta-batch as an :class:`maml_tf.engines.Problem`: theta broadcast to T
+        per-task copies, the normalisation offsets as the not-adapted meta-parameters,
+        per-task losses summed (inner) or summed / T (outer: the meta-objective)."""
+        t = inputa.shape[0]
+        norm_keys = list(self.norm_params)
+
+        def fwd(x, fast, extra):
+            return self.spec.forward(x, fast, dict(zip(norm_keys, extra)), batched=True)
+
+        def task_dot(a, b):
+            return tf.add_n([tf.reduce_sum(a[k] * b[k], axis=list(range(1, a[k].shape.rank)))
+                             for k in a])
+        return engines.Problem(
+            theta=dict(self.weights), extra=list(self.norm_params.values()),
+            update_lr=self.update_lr, num_updates=self.num_updates,
+            inner_loss=lambda fast, extra: tf.reduce_sum(self.loss(fwd(inputa, fast, extra), labela)),
+            outer_loss=lambda fast, extra: tf.reduce_sum(self.loss(fwd(inputb, fast, extra), labelb))
+            / tf.cast(t, inputa.dtype),
+            expand=lambda theta: {k: tf.broadcast_to(v, [t] + v.shape.as_list()) for k, v in theta.items()},
+            task_dot=task_dot)
+
+    def _engine_gradients(self, inputa, labela, inputb, labelb):
+        """(metrics, grads) by a non-nested engine (see :meth:`meta_gradients`)."""
+        problem = self.engine_problem(inputa, labela, inputb, labelb)
+        opts = dataclasses.replace(self.engine_options, step=self.metatrain_optimizer.step)
+        result = engines.run(problem, self.engine, opts)
+        norms = dict(zip(self.norm_params, problem.extra))
+        preda = self.spec.forward(inputa, problem.expand(problem.theta), norms, batched=True)
+        predb = self.spec.forward(inputb, result.fast, norms, batched=True)
+        t = tf.cast(inputa.shape[0], preda.dtype)
+        metrics = {"preloss": tf.reduce_sum(self.loss(preda, labela)) / t,
+                   "postloss": tf.reduce_sum(self.loss(predb, labelb)) / t,
+                   "preacc": tf.reduce_sum(self.accuracy(preda, labela)) / t,
+                   "postacc": tf.reduce_sum(self.accuracy(predb, labelb)) / t}
+        grads = [result.grad_theta[k] for k in self.weights] + list(result.grad_extra)
+        return metrics, grads
 
     # ------------------------------------------------------------ steps
     def meta_loss(self, inputa, labela, inputb, labelb, outer_tape=None):
@@ -275,7 +351,10 @@ class MAML(tf.Module):
         return metrics["postloss"], metrics
 
     def meta_gradients(self, inputa, labela, inputb, labelb):
-        """(metrics, [dmeta_loss/dvar for var in meta_vars]) without applying them."""
+        """(metrics, [dmeta_loss/dvar for var in meta_vars]) without applying them: the
+        meta-gradient by ``engine`` (an estimate for 'es'; iMAML's for 'implicit')."""
+        if self.engine not in ("nested", "truncated"):
+            return self._engine_gradients(inputa, labela, inputb, labelb)
         with tf.GradientTape() as tape:
             loss, metrics = self.meta_loss(inputa, labela, inputb, labelb, outer_tape=tape)
         grads = tape.gradient(loss, self.meta_vars, unconnected_gradients=ZERO)

@@ -93,19 +93,35 @@ def adapt(forward, weights, support, loss_fn, update_lr, num_updates,
 
 def meta_gradient(forward: Callable, weights: Dict[str, tf.Tensor], support: Tuple, query: Tuple,
                   loss_fn: Callable, update_lr: float, num_updates: int,
-                  first_order: bool = False):
-    """(L_b(theta_n), dL_b(theta_n)/dtheta) for one task, with nested GradientTapes.
+                  first_order: bool = False, engine: str = "nested", **engine_options):
+    """(L_b(theta_n), dL_b(theta_n)/dtheta) for one task.
 
     forward(x, weights) is a pure function, ``weights`` a dict of tensors
     (theta), ``support`` = (inputa, labela), ``query`` = (inputb, labelb),
     ``loss_fn(pred, label)`` a scalar.  Returns the query loss after
     ``num_updates`` inner steps of size ``update_lr`` (alpha) and its gradient
     with respect to every entry of ``weights`` (a dict with the same keys).
+
+    ``engine`` chooses how the gradient flows back (:mod:`maml_tf.engines`):
+    'nested' (default: nested GradientTapes, below), 'checkpointed', 'truncated'
+    (``truncate_steps=k``), 'implicit' (iMAML: ``imaml_lambda``, ``cg_steps``; the
+    returned loss is at the proximal inner solution), 'es' (ES-MAML: ``es_samples``,
+    ``es_sigma``, ``seed``); ``dropgrad=rate`` (``dropgrad_type``, ``seed``) for any.
     """
     weights = _as_tensors(weights)
     dtype = _weights_dtype(weights)
     if dtype is not None:
         support, query = _as_data(support, dtype), _as_data(query, dtype)
+    if engine != "nested" or engine_options:
+        from maml_tf import engines
+        inputa, labela = support
+        inputb, labelb = query
+        problem = engines.Problem(
+            theta=weights, update_lr=update_lr, num_updates=num_updates,
+            inner_loss=lambda fast, extra: loss_fn(forward(inputa, fast), labela),
+            outer_loss=lambda fast, extra: loss_fn(forward(inputb, fast), labelb))
+        result = engines.run(problem, engine, engines.Options(first_order=first_order, **engine_options))
+        return result.outer_loss, result.grad_theta
     inputb, labelb = query
     with tf.GradientTape() as outer:
         outer.watch(list(weights.values()))

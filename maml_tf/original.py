@@ -95,7 +95,7 @@ def load(flag_values, original_dir=None, batch_norm="unfused"):
     original flags set (a dict)."""
     tf = install(original_dir, batch_norm)
     from tensorflow.python.platform import flags  # noqa: E402
-    import main as original_main  # noqa: E402,F401  (defines the original's flags)
+    import main  # noqa: E402,F401  (defines the original's flags)
     from maml import MAML as OriginalMAML  # noqa: E402
     FLAGS = flags.FLAGS
     FLAGS(["original"])

@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 
-from maml_tf.config import Config, UsageError
+from maml_tf.config import UsageError
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRETRAINED_DIR = os.path.join(REPO_ROOT, "pretrained")

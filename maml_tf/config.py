@@ -54,6 +54,26 @@ class Config:
     test_seed: int = 1
     task_mode: str = "auto"
     task_pool: int = 200000
+    # the meta-learner (maml_tf/methods.py) and MAML++'s components (maml_tf/maml.py)
+    method: str = "maml"
+    lslr: bool = False
+    msl_iterations: int = 0
+    bnwb: bool = False
+    da_iterations: int = 0
+    cosine_annealing: bool = False
+    min_meta_lr: float = 1e-5
+    nil_test: bool = False
+    transductive: bool = True
+    reptile_inner: str = "sgd"
+    # how the meta-gradient flows back (maml_tf/engines.py)
+    meta_gradient: str = "nested"
+    truncate_steps: int = -1
+    imaml_lambda: float = 1.0
+    cg_steps: int = 5
+    es_samples: int = 16
+    es_sigma: float = 0.01
+    dropgrad: float = 0.0
+    dropgrad_type: str = "bernoulli"
     init_checkpoint: str = ""
     pretrained: str = ""
     distribution: str = "none"
@@ -151,10 +171,54 @@ class Config:
         if self.baseline:
             s += self.baseline
         s += {"batch_norm": "batchnorm", "layer_norm": "layernorm", "None": "nonorm"}[self.norm]
+        s += self.method_suffix + self.engine_suffix
         if self.baseline is None and self.metatrain_iterations == 0 and self.pretrain_iterations > 0:
             # Deviation: the original gave the pretrained baseline the MAML run's
             # folder (so one resumed the other's checkpoints); keep them apart.
             s += "pretrain"
+        return s
+
+    @property
+    def method_suffix(self):
+        """Log-folder suffix of a method or MAML++ component (empty for MAML)."""
+        s = "" if self.method == "maml" else f".{self.method}"
+        if self.method == "reptile" and self.reptile_inner != "sgd":
+            s += f"{self.reptile_inner}inner"
+        s += ".lslr" if self.lslr else ""
+        s += f".msl{self.msl_iterations}" if self.msl_iterations else ""
+        s += ".bnwb" if self.bnwb else ""
+        s += f".da{self.da_iterations}" if self.da_iterations else ""
+        s += f".ca{self.min_meta_lr}" if self.cosine_annealing else ""
+        return s
+
+    @property
+    def engine_options(self):
+        """Keyword options of maml_tf.engines.Options given by the flags."""
+        out = {}
+        if self.truncate_steps >= 0:
+            out["truncate_steps"] = self.truncate_steps
+        if self.meta_gradient == "implicit":
+            out.update(imaml_lambda=self.imaml_lambda, cg_steps=self.cg_steps)
+        if self.meta_gradient == "es":
+            out.update(es_samples=self.es_samples, es_sigma=self.es_sigma)
+        if self.dropgrad:
+            out.update(dropgrad=self.dropgrad, dropgrad_type=self.dropgrad_type)
+        return out
+
+    @property
+    def engine_suffix(self):
+        """Log-folder suffix of a non-default meta-gradient (empty for the original's)."""
+        s = ""
+        if self.meta_gradient not in ("nested", "checkpointed"):  # checkpointed: same numbers as nested
+            s += f".mg{self.meta_gradient}"
+            if self.meta_gradient == "truncated":
+                s += str(self.truncate_steps)
+            elif self.meta_gradient == "implicit":
+                s += f"lam{self.imaml_lambda}cg{self.cg_steps}"
+            elif self.meta_gradient == "es":
+                s += f"n{self.es_samples}s{self.es_sigma}"
+        if self.dropgrad:
+            s += f".dropgrad{self.dropgrad_type[0]}{self.dropgrad}"
         return s
 
     @property
@@ -164,7 +228,12 @@ class Config:
     @property
     def test_csv_stem(self):
         """test_ubs{K}_stepsize{alpha}: the original's test output name (no extension)."""
-        return f"test_ubs{self.update_batch_size}_stepsize{self.update_lr}"
+        stem = f"test_ubs{self.update_batch_size}_stepsize{self.update_lr}"
+        if self.nil_test:
+            stem += "_nil"
+        if not self.transductive:
+            stem += "_nontransductive"
+        return stem
 
     # ------------------------------------------------------------ checks
     def validate(self):
@@ -206,6 +275,23 @@ class Config:
                 raise UsageError(f"{', '.join(given)} only apply to the image data sources: the sinusoid "
                                  f"network is the original's fc 40-40; drop {', '.join(given)} or use "
                                  f"--datasource=omniglot/miniimagenet")
+        from maml_tf.engines import DROPGRAD_TYPES, ENGINES
+        if self.meta_gradient not in ENGINES:
+            raise UsageError(f"--meta_gradient={self.meta_gradient!r} is unknown: use one of {', '.join(ENGINES)}")
+        if self.meta_gradient == "truncated" and not 0 <= self.truncate_steps <= self.num_updates:
+            raise UsageError(f"--meta_gradient=truncated needs --truncate_steps between 0 and --num_updates="
+                             f"{self.num_updates} (got {self.truncate_steps})")
+        if self.meta_gradient != "truncated" and self.truncate_steps >= 0 and "truncate_steps" in self.explicit:
+            raise UsageError("--truncate_steps applies to --meta_gradient=truncated: add it, or drop --truncate_steps")
+        if not 0 <= self.dropgrad < 1:
+            raise UsageError(f"--dropgrad={self.dropgrad} must be in [0, 1)")
+        if self.dropgrad_type not in DROPGRAD_TYPES:
+            raise UsageError(f"--dropgrad_type={self.dropgrad_type!r}: use bernoulli or gaussian")
+        if self.meta_gradient == "implicit" and (self.imaml_lambda <= 0 or self.cg_steps < 1):
+            raise UsageError("--imaml_lambda must be positive and --cg_steps at least 1")
+        if self.meta_gradient == "es" and (self.es_samples < 1 or self.es_sigma <= 0):
+            raise UsageError("--es_samples must be at least 1 and --es_sigma positive")
+        self._validate_method()
         if self.pretrained and self.init_checkpoint:
             raise UsageError("--pretrained and --init_checkpoint both give the starting weights: keep one")
         if self.distribution not in ("none", "mirrored", "multi_worker"):
@@ -217,6 +303,46 @@ class Config:
         if self.train and self.total_iterations == 0:
             raise UsageError("nothing to train: set --metatrain_iterations or --pretrain_iterations above 0, or --train=False to test")
         return self
+
+    def _validate_method(self):
+        from maml_tf.methods import METHODS
+        if self.method not in METHODS:
+            raise UsageError(f"--method={self.method!r} is unknown: use one of {', '.join(METHODS)}")
+        mg = self.meta_gradient
+        learned_lr = self.method == "metasgd" or self.lslr
+        if self.method == "reptile":
+            extras = [f for f, on in (("--meta_gradient", mg != "nested"), ("--lslr", self.lslr),
+                                      ("--msl_iterations", self.msl_iterations), ("--bnwb", self.bnwb),
+                                      ("--da_iterations", self.da_iterations), ("--dropgrad", self.dropgrad),
+                                      ("--stop_grad", self.stop_grad)) if on]
+            if extras:
+                raise UsageError(f"{', '.join(extras)} do not apply to --method=reptile (it takes no gradient "
+                                 f"through the inner loop): drop them")
+        if self.reptile_inner not in ("sgd", "adam"):
+            raise UsageError(f"--reptile_inner={self.reptile_inner!r}: use sgd or adam")
+        if self.reptile_inner != "sgd" and self.method != "reptile":
+            raise UsageError("--reptile_inner applies to --method=reptile")
+        if mg == "implicit" and (self.method != "maml" or self.lslr or self.msl_iterations or self.bnwb):
+            raise UsageError("--meta_gradient=implicit is the implicit gradient of MAML's proximal inner problem "
+                             "(one fixed step size, every weight adapted, one loss): use it with --method=maml "
+                             "and without --lslr/--msl_iterations/--bnwb")
+        if mg == "es" and (learned_lr or self.msl_iterations):
+            raise UsageError("--meta_gradient=es perturbs theta and the normalisation offsets, not learned step "
+                             "sizes or the multi-step loss: drop --method=metasgd/--lslr/--msl_iterations")
+        if mg == "checkpointed" and self.msl_iterations:
+            raise UsageError("--msl_iterations (multi-step loss) runs with --meta_gradient=nested or truncated")
+        if self.nil_test and (self.method != "anil" or not self.classification):
+            raise UsageError("--nil_test is ANIL's no-inner-loop evaluation: use it with --method=anil on "
+                             "omniglot or miniimagenet")
+        if self.bnwb and self.norm != "batch_norm":
+            raise UsageError("--bnwb gives every inner step its own batch-norm parameters: it needs --norm=batch_norm")
+        if self.bnwb and self.init_checkpoint:
+            raise UsageError("--bnwb models have per-step batch-norm parameters the original's checkpoints lack: "
+                             "drop --init_checkpoint or --bnwb")
+        if self.da_iterations and self.stop_grad:
+            raise UsageError("--da_iterations anneals first to second order: it contradicts --stop_grad=True")
+        if self.msl_iterations < 0 or self.da_iterations < 0:
+            raise UsageError("--msl_iterations and --da_iterations must not be negative")
 
     def resolved(self):
         """A copy with the original's in-place flag rewrites applied (oracle: all

@@ -130,9 +130,7 @@ class Stepper:
         m = self.model
         grads, sums = self.strategy.run(self._replica_metatrain, args=tuple(batch))
         grads, sums, finite = self._reduce(grads, sums)
-        if m.clip_value is not None:
-            grads = [tf.clip_by_value(g, -m.clip_value, m.clip_value) for g in grads]
-        m.metatrain_optimizer.apply_gradients(grads, m.meta_vars)
+        m.apply_meta_update(grads)
         return {"preloss": sums[0], "postloss": sums[1], "preacc": sums[2], "postacc": sums[3],
                 "grad_finite": finite}
 

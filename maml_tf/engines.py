@@ -107,21 +107,30 @@ class Options:
 @dataclasses.dataclass
 class Problem:
     """The inner problem.  ``theta``: the adapted meta-parameters (one shared copy);
-    ``extra``: meta-parameters the inner loop does not adapt (read by the losses);
-    ``inner_loss(fast, extra)`` / ``outer_loss(fast, extra)``: support / query loss at
-    fast weights (scalars: summed over the tasks of a meta-batch); ``expand``: theta ->
-    the inner loop's starting fast weights (per-task copies, or theta itself);
-    ``task_dot(a, b)``: inner product per task of two fast-weight dicts."""
+    ``extra``: meta-parameters the inner loop does not adapt (read by the losses, or by
+    ``update_lr``); ``inner_loss(fast, extra, k)``: support loss at step k;
+    ``outer_loss(fast, extra)``: query loss at the adapted weights (scalars: summed over
+    the tasks of a meta-batch); ``update_lr``: alpha, or a function (key, k) -> the step
+    size of that parameter at step k (a tensor broadcast against it: Meta-SGD, MAML++'s
+    per-step rates, 0 for a parameter the inner loop leaves alone as ANIL's body);
+    ``expand``: theta -> the inner loop's starting fast weights (per-task copies, or
+    theta itself); ``task_dot(a, b)``: inner product per task of two fast-weight dicts."""
     theta: Dict[str, tf.Tensor]
     inner_loss: Callable
     outer_loss: Callable
-    update_lr: float
+    update_lr: object
     num_updates: int
     extra: List = dataclasses.field(default_factory=list)
     expand: Callable = None
     task_dot: Callable = None
 
     def __post_init__(self):
+        if not callable(self.update_lr):
+            alpha = self.update_lr
+            self.update_lr = lambda key, k: alpha
+            self.fixed_lr = alpha
+        else:
+            self.fixed_lr = None
         if self.expand is None:
             self.expand = lambda theta: dict(theta)
         if self.task_dot is None:
@@ -181,7 +190,7 @@ def inner_step(problem, fast, extra, opts, k, outer_tape=None, first_order=False
     gradient's computation is recorded unless ``first_order``."""
     with tf.GradientTape(watch_accessed_variables=False) as tape:
         tape.watch(list(fast.values()))
-        loss = problem.inner_loss(fast, extra)
+        loss = problem.inner_loss(fast, extra, k)
     with _stop(first_order, outer_tape):
         grads = tape.gradient(loss, fast, unconnected_gradients=ZERO)
     if first_order and outer_tape is None:
@@ -190,7 +199,7 @@ def inner_step(problem, fast, extra, opts, k, outer_tape=None, first_order=False
     if proximal is not None:
         lam, anchor = proximal
         grads = {key: grads[key] + lam * (fast[key] - anchor[key]) for key in grads}
-    return loss, {key: fast[key] - problem.update_lr * grads[key] for key in fast}
+    return loss, {key: fast[key] - problem.update_lr(key, k) * grads[key] for key in fast}
 
 
 def _watch_all(tape, problem, extra):
@@ -236,25 +245,34 @@ def _pull_back(problem, v):
     return tape.gradient(fast0, problem.theta, output_gradients=v, unconnected_gradients=ZERO)
 
 
-def hvp(problem, at, extra, vec, opts=None, k=None, with_extra=False):
-    """H(at) (D_k vec) by double backward, H the Hessian of L_a in the fast weights; with
-    ``with_extra`` also d/dextra <D_k grad L_a(at), vec> (the mixed second derivative)."""
+def hvp(problem, at, extra, vec, k=0):
+    """H(at) vec by double backward, H the Hessian of L_a (step k) in the fast weights,
+    and d/dextra <grad L_a(at), vec> (the mixed second derivative)."""
+    return _step_vjp(problem, at, extra, vec, None, k, scaled=False)
+
+
+def _step_vjp(problem, at, extra, vec, opts, k, scaled=True):
+    """Differentiate u = <A_k D_k grad L_a(at), vec> (A_k the step sizes, D_k the DropGrad
+    mask; ``scaled=False``: u = <grad L_a, vec>) with respect to the fast weights and
+    extra: (H D_k A_k vec, d u / d extra), the step's vector-Jacobian products."""
     with tf.GradientTape(watch_accessed_variables=False) as outer:
         outer.watch(list(at.values()))
         outer.watch(extra)
         with tf.GradientTape(watch_accessed_variables=False) as inner:
             inner.watch(list(at.values()))
-            loss = problem.inner_loss(at, extra)
+            loss = problem.inner_loss(at, extra, k)
         g = inner.gradient(loss, at, unconnected_gradients=ZERO)
-        if opts is not None and k is not None:
+        if scaled:
             g = _masked(g, opts, k)
+            g = {key: problem.update_lr(key, k) * g[key] for key in g}
         dot = tf.add_n([tf.reduce_sum(g[key] * tf.stop_gradient(vec[key])) for key in g])
-    h, h_extra = outer.gradient(dot, [at, extra], unconnected_gradients=ZERO)
-    return (h, h_extra) if with_extra else h
+    return outer.gradient(dot, [at, extra], unconnected_gradients=ZERO)
 
 
 def checkpointed(problem, opts):
-    """Keep theta_0..theta_n, then walk v <- v - alpha H_k (D_k v) back from g_n."""
+    """Keep theta_0..theta_n, then walk v <- v - H_k (D_k A_k v) back from g_n (A_k the
+    step sizes), and extra's meta-gradient along (its effect on step k's gradient and
+    on the step sizes)."""
     extra = list(problem.extra)
     fast = problem.expand(problem.theta)
     thetas = [fast]
@@ -266,9 +284,9 @@ def checkpointed(problem, opts):
     if not opts.first_order:
         stop = 0 if opts.truncate_steps is None else problem.num_updates - opts.truncate_steps
         for k in reversed(range(stop, problem.num_updates)):
-            h, h_extra = hvp(problem, thetas[k], extra, v, opts, k, with_extra=True)
-            v = {key: v[key] - problem.update_lr * h[key] for key in v}
-            g_extra = [ge - problem.update_lr * he for ge, he in zip(g_extra, h_extra)]
+            h, h_extra = _step_vjp(problem, thetas[k], extra, v, opts, k)
+            v = {key: v[key] - h[key] for key in v}
+            g_extra = [ge - he for ge, he in zip(g_extra, h_extra)]
     return Result(loss, _pull_back(problem, v), g_extra, fast)
 
 
@@ -304,6 +322,9 @@ def implicit(problem, opts):
     """iMAML: n proximal gradient steps, then (I + H/lambda) v = g_n by conjugate gradient."""
     extra = list(problem.extra)
     lam = opts.imaml_lambda
+    if problem.fixed_lr is None:
+        raise ValueError("the implicit meta-gradient needs one fixed inner step size (the "
+                         "proximal inner problem's solution does not depend on learned ones)")
     anchor = problem.expand(problem.theta)
     fast = anchor
     for k in range(problem.num_updates):
@@ -313,11 +334,11 @@ def implicit(problem, opts):
         v, g_extra = g, list(g_extra)
     else:
         def apply_a(p):
-            h = hvp(problem, fast, extra, p)
+            h, _ = hvp(problem, fast, extra, p, problem.num_updates)
             return {key: p[key] + h[key] / lam for key in p}
         v = conjugate_gradient(apply_a, g, opts.cg_steps, problem.task_dot)
         # extra: dL_b/dextra = dL_b/dextra|direct - M^T (H + lambda I)^-1 g_n, (H + lambda I)^-1 g_n = v / lambda
-        _, h_extra = hvp(problem, fast, extra, {key: v[key] / lam for key in v}, with_extra=True)
+        _, h_extra = hvp(problem, fast, extra, {key: v[key] / lam for key in v}, problem.num_updates)
         g_extra = [ge - he for ge, he in zip(g_extra, h_extra)]
     return Result(loss, _pull_back(problem, v), g_extra, fast)
 

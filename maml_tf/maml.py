@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from maml_tf import engines, losses
-from maml_tf.meta import ZERO, sgd_step, tape_gradient
+from maml_tf.meta import ZERO, tape_gradient
 from maml_tf.networks import FactoredFCWeights
 from maml_tf.optimizer import Adam
 
@@ -130,7 +130,8 @@ class MAML(tf.Module):
     def __init__(self, spec, loss="mse", update_batch_size=1, update_lr=1e-3, num_updates=1,
                  meta_lr=1e-3, first_order=False, clip_value=None, seed=0,
                  task_mode="batched", jit_compile=None, dtype=tf.float32, engine="nested",
-                 **engine_options):
+                 lslr=False, msl_iterations=0, bnwb=False, ca_iterations=0, min_meta_lr=1e-5,
+                 transductive=True, **engine_options):
         super().__init__(name="maml")
         if task_mode not in TASK_MODES:
             raise ValueError(f"task_mode must be one of {TASK_MODES}, got {task_mode!r}")
@@ -149,6 +150,15 @@ class MAML(tf.Module):
         self.clip_value = clip_value
         self.task_mode = task_mode
         self.dtype = tf.as_dtype(dtype)
+        # MAML++ (Antoniou et al. 2019), each usable alone: per-layer per-step inner step
+        # sizes (LSLR), the multi-step loss annealed over msl_iterations (MSL), per-step
+        # batch-norm offsets and scales (BNWB), cosine annealing of the outer step size
+        # over ca_iterations (CA).  Derivative-order annealing (DA) is the training
+        # loop's: it calls use_first_order().
+        self.lslr, self.msl_iterations, self.bnwb = bool(lslr), int(msl_iterations), bool(bnwb)
+        # Evaluation: batch statistics over the whole query set (transductive, as the
+        # original), or each query example normalised with the support set alone.
+        self.transductive = bool(transductive)
         # None: XLA where it wins on CPU.  The fc nets are many tiny ops (XLA fuses
         # them: sinusoid 2x faster); XLA:CPU convolutions are several times slower
         # than TF's oneDNN kernels, so the conv nets run as TF graphs.
@@ -156,22 +166,126 @@ class MAML(tf.Module):
         np_dtype = self.dtype.as_numpy_dtype
         w, n = spec.init(seed, dtype=np_dtype)
         self.weights = {k: tf.Variable(v, name=k.replace("/", "_")) for k, v in w.items()}
+        if bnwb:
+            if spec.norm != "batch_norm":
+                raise ValueError("bnwb (per-step batch-norm offsets and scales) needs norm='batch_norm'")
+            # One offset and one scale per channel for each of the steps 0..n (the weights
+            # theta_j of step j are normalised with set j; steps beyond n use set n).
+            n = {**{k: np.stack([v] * (num_updates + 1)) for k, v in n.items()},
+                 **{k.replace("/beta", "/gamma"): np.ones((num_updates + 1,) + v.shape, np_dtype)
+                    for k, v in n.items()}}
         self.norm_params = {k: tf.Variable(v, name=k.replace("/", "_")) for k, v in n.items()}
-        self.meta_vars = list(self.weights.values()) + list(self.norm_params.values())
+        if lslr:  # one step size per weight tensor (layer) and inner step, from alpha
+            self.step_lrs = {k: tf.Variable(np.full([max(num_updates, 1)], update_lr, np_dtype),
+                                            name="lslr_" + k) for k in self.weights}
+        self.method_vars = self._method_variables(np_dtype)
+        self.meta_vars = (list(self.weights.values()) + list(self.norm_params.values())
+                          + list(self.method_vars.values()))
         self.pretrain_optimizer = Adam(self.meta_vars, meta_lr, name="pretrain_adam")
-        self.metatrain_optimizer = Adam(self.meta_vars, meta_lr, name="metatrain_adam")
+        schedule = None
+        if ca_iterations:  # MAML++'s cosine annealing: meta_lr -> min_meta_lr over ca_iterations
+            schedule = lambda t: min_meta_lr + 0.5 * (meta_lr - min_meta_lr) * (  # noqa: E731
+                1.0 + tf.cos(np.pi * tf.minimum(t / ca_iterations, 1.0)))
+        self.metatrain_optimizer = Adam(self.meta_vars, meta_lr, name="metatrain_adam", schedule=schedule)
         jit = self.jit_compile
         self._metatrain = _DirectCall(tf.function(self._metatrain_packed, jit_compile=jit,
                                                   autograph=False))
+        self._metatrain_by_order = {self.first_order: self._metatrain}
         self._pretrain = _DirectCall(tf.function(self._pretrain_packed, jit_compile=jit,
                                                  autograph=False))
 
         self._evaluate = tf.function(self._evaluate_step, jit_compile=jit, autograph=False)
 
     # ------------------------------------------------------------ building blocks
-    def forward(self, x, weights, batched=False):
-        """Network output for ``x`` under (fast) ``weights`` and the meta-learned norms."""
-        return self.spec.forward(x, weights, self.norm_params, batched=batched)
+    def forward(self, x, weights, batched=False, step=0):
+        """Network output for ``x`` under (fast) ``weights`` (theta_step) and the
+        meta-learned normalisation parameters (of that step, with BNWB)."""
+        return self.spec.forward(x, weights, self.norms_at(step), batched=batched)
+
+    # ------------------------------------------------------------ method hooks
+    # What a meta-learner changes, one place each: the extra meta-parameters, which
+    # weights the inner loop adapts and with which step size, the normalisation
+    # parameters of each step, the outer objective.  MAML: all weights, alpha, one set
+    # of offsets, the query loss after n steps.
+    def _method_variables(self, np_dtype):
+        """Extra meta-parameters of a method (name -> tf.Variable), created before the
+        optimisers; saved in checkpoints with everything else."""
+        return {}
+
+    @property
+    def adapted_keys(self):
+        """The weights the inner loop adapts (the others stay at theta)."""
+        return list(self.weights)
+
+    def inner_lr(self, key, step):
+        """The inner step size of weight ``key`` at step ``step`` (a float or a tensor
+        broadcast against the weight).  Steps beyond the trained number (evaluation with
+        more steps) use the last trained step's size."""
+        if self.lslr:
+            return self.step_lrs[key][min(step, self.step_lrs[key].shape[0] - 1)]
+        return self.update_lr
+
+    def norms_at(self, step):
+        """The normalisation parameters used at inner step ``step`` (BNWB: that step's set;
+        beyond the trained steps the last set)."""
+        if not self.bnwb:
+            return self.norm_params
+        j = min(step, self.num_updates)
+        return {k: v[j] for k, v in self.norm_params.items()}
+
+    def msl_weights(self):
+        """MAML++'s multi-step loss weights of the query losses after steps 1..n at the
+        current training step: uniform at first, annealed over msl_iterations towards the
+        last step (the others down to 0.03/n), then the last step alone."""
+        n = self.num_updates
+        p = tf.minimum(tf.cast(self.metatrain_optimizer.step, self.dtype) / float(self.msl_iterations), 1.0)
+        early = tf.maximum(1.0 / n - p / n, 0.03 / n)
+        last = tf.minimum(1.0 / n + p * (n - 1) / n, 1.0 - (n - 1) * 0.03 / n)
+        annealed = tf.concat([tf.fill([n - 1], early), [last]], 0)
+        return tf.where(p < 1.0, annealed, tf.one_hot(n - 1, n, dtype=self.dtype))
+
+    def use_first_order(self, flag):
+        """Switch the meta-gradient between first and second order (MAML++'s derivative-
+        order annealing: first order for the first iterations); each order has its own
+        compiled step."""
+        flag = bool(flag)
+        if flag == self.first_order:
+            return
+        self.first_order = flag
+        self.engine_options = dataclasses.replace(self.engine_options, first_order=flag)
+        if flag not in self._metatrain_by_order:
+            self._metatrain_by_order[flag] = _DirectCall(tf.function(
+                self._metatrain_packed, jit_compile=self.jit_compile, autograph=False))
+        self._metatrain = self._metatrain_by_order[flag]
+
+    def apply_meta_update(self, grads):
+        """The outer update from the meta-gradient: clipped (miniImageNet) TF1 Adam."""
+        if self.clip_value is not None:
+            grads = [tf.clip_by_value(g, -self.clip_value, self.clip_value) for g in grads]
+        self.metatrain_optimizer.apply_gradients(grads, self.meta_vars)
+        return grads
+
+    def query_predictions(self, inputa, inputb, fast, step, batched):
+        """The query outputs at fast weights ``fast`` (theta_step): one forward pass over
+        the query set (transductive batch statistics), or, with ``transductive=False``,
+        each query example normalised together with the support set alone."""
+        if self.transductive or self.spec.norm != "batch_norm":
+            return self.forward(inputb, fast, batched=batched, step=step)
+        if not batched:  # one task: its query examples as a batch of (support + 1) sets
+            inputa, inputb = inputa[None], inputb[None]
+            fast = {k: v[None] for k, v in fast.items()}
+        t, q = inputb.shape[0], inputb.shape[1]
+        x = tf.concat([tf.repeat(inputa, q, axis=0), tf.reshape(inputb, [t * q, 1, -1])], axis=1)
+        out = self.forward(x, {k: tf.repeat(v, q, axis=0) for k, v in fast.items()}, batched=True,
+                           step=step)[:, -1]
+        out = tf.reshape(out, [t, q, -1])
+        return out if batched else out[0]
+
+    @property
+    def _plain(self):
+        """No method hook changes the inner loop (the factored fc fast path applies)."""
+        return (type(self).adapted_keys is MAML.adapted_keys and type(self).inner_lr is MAML.inner_lr
+                and not self.lslr and not self.bnwb)
 
     def loss(self, pred, label):
         """The original's loss (:mod:`maml_tf.losses`): a scalar, or [T] for batched input."""
@@ -193,27 +307,29 @@ class MAML(tf.Module):
         gradients of steps j < ``cut`` are constants (``truncate_steps``); ``dropgrad``:
         grads, j -> masked grads."""
         cut = self._truncation(num_updates, outer_tape)
+        adapted = self.adapted_keys
         lossa = acca = None
         query = {}
         for j in range(num_updates + 1):
             if j in query_steps:
-                predb = fwd(inputb, fast)
+                predb = self.query_predictions(inputa, inputb, fast, j, len(inputb.shape) == 3)
                 query[j] = (self.loss(predb, labelb), self.accuracy(predb, labelb))
             if j == num_updates:
                 break
             with tf.GradientTape(watch_accessed_variables=False) as tape:
-                tape.watch(list(fast.values()))
-                preda = fwd(inputa, fast)
+                tape.watch([fast[k] for k in adapted])
+                preda = fwd(inputa, fast, j)
                 la = self.loss(preda, labela)
                 total = tf.reduce_sum(la)
             if j == 0:
                 lossa, acca = la, self.accuracy(preda, labela)
-            grads = tape_gradient(tape, total, fast, first_order or j < cut, outer_tape)
+            grads = tape_gradient(tape, total, {k: fast[k] for k in adapted}, first_order or j < cut,
+                                  outer_tape)
             if dropgrad is not None:
                 grads = dropgrad(grads, j)
-            fast = sgd_step(fast, grads, self.update_lr)
+            fast = {**fast, **{k: fast[k] - self.inner_lr(k, j) * grads[k] for k in adapted}}
         if lossa is None:  # no inner step
-            preda = fwd(inputa, fast)
+            preda = fwd(inputa, fast, 0)
             lossa, acca = self.loss(preda, labela), self.accuracy(preda, labela)
         return lossa, acca, query
 
@@ -262,16 +378,18 @@ class MAML(tf.Module):
         # DropGrad only while meta-training (outer_tape given), not in evaluation.
         drop = self.engine_options.dropgrad and outer_tape is not None
         t = inputa.shape[0]
-        if self.task_mode == "batched" and self.spec.kind == "fc" and not drop:
+        if (self.task_mode == "batched" and self.spec.kind == "fc" and not drop and self._plain
+                and self.transductive):
             return self._trajectory_factored(inputa, labela, inputb, labelb, num_updates,
                                              first_order, outer_tape, query_steps)
         if self.task_mode == "batched":
             fast = {k: tf.broadcast_to(v, [t] + v.shape.as_list()) for k, v in self.weights.items()}
-            fwd = lambda x, w: self.forward(x, w, batched=True)
+            fwd = lambda x, w, j: self.forward(x, w, batched=True, step=j)
             return self._trajectory(fwd, fast, inputa, labela, inputb, labelb, num_updates,
                                     first_order, outer_tape, query_steps,
                                     self._dropgrad_fn(t) if drop else None)
-        per_task = [self._trajectory(self.forward, dict(self.weights), inputa[i], labela[i],
+        fwd = lambda x, w, j: self.forward(x, w, step=j)
+        per_task = [self._trajectory(fwd, dict(self.weights), inputa[i], labela[i],
                                      inputb[i], labelb[i], num_updates, first_order, outer_tape,
                                      query_steps, self._dropgrad_fn(t, i) if drop else None)
                     for i in range(t)]
@@ -303,22 +421,34 @@ class MAML(tf.Module):
 
     def engine_problem(self, inputa, labela, inputb, labelb):
         """The meta-batch as an :class:`maml_tf.engines.Problem`: theta broadcast to T
-        per-task copies, the normalisation offsets as the not-adapted meta-parameters,
-        per-task losses summed (inner) or summed / T (outer: the meta-objective)."""
+        per-task copies; the normalisation parameters and a method's own meta-parameters
+        (learned step sizes) as the meta-parameters the inner loop does not adapt; the
+        method's step sizes (0 for weights it leaves alone); per-task losses summed
+        (inner) or summed / T (outer: the meta-objective)."""
         t = inputa.shape[0]
         norm_keys = list(self.norm_params)
+        adapted = set(self.adapted_keys)
+        n = self.num_updates
 
-        def fwd(x, fast, extra):
-            return self.spec.forward(x, fast, dict(zip(norm_keys, extra)), batched=True)
+        def fwd(x, fast, extra, step):
+            norms = dict(zip(norm_keys, extra[:len(norm_keys)]))
+            if self.bnwb:
+                norms = {k: v[min(step, n)] for k, v in norms.items()}
+            return self.spec.forward(x, fast, norms, batched=True)
 
         def task_dot(a, b):
             return tf.add_n([tf.reduce_sum(a[k] * b[k], axis=list(range(1, a[k].shape.rank)))
                              for k in a])
+        fixed = self._plain or not (self.lslr or type(self).inner_lr is not MAML.inner_lr
+                                    or adapted != set(self.weights))
         return engines.Problem(
-            theta=dict(self.weights), extra=list(self.norm_params.values()),
-            update_lr=self.update_lr, num_updates=self.num_updates,
-            inner_loss=lambda fast, extra: tf.reduce_sum(self.loss(fwd(inputa, fast, extra), labela)),
-            outer_loss=lambda fast, extra: tf.reduce_sum(self.loss(fwd(inputb, fast, extra), labelb))
+            theta=dict(self.weights),
+            extra=list(self.norm_params.values()) + list(self.method_vars.values()),
+            update_lr=self.update_lr if fixed else (
+                lambda key, k: self.inner_lr(key, k) if key in adapted else 0.0),
+            num_updates=n,
+            inner_loss=lambda fast, extra, k: tf.reduce_sum(self.loss(fwd(inputa, fast, extra, k), labela)),
+            outer_loss=lambda fast, extra: tf.reduce_sum(self.loss(fwd(inputb, fast, extra, n), labelb))
             / tf.cast(t, inputa.dtype),
             expand=lambda theta: {k: tf.broadcast_to(v, [t] + v.shape.as_list()) for k, v in theta.items()},
             task_dot=task_dot)
@@ -328,9 +458,8 @@ class MAML(tf.Module):
         problem = self.engine_problem(inputa, labela, inputb, labelb)
         opts = dataclasses.replace(self.engine_options, step=self.metatrain_optimizer.step)
         result = engines.run(problem, self.engine, opts)
-        norms = dict(zip(self.norm_params, problem.extra))
-        preda = self.spec.forward(inputa, problem.expand(problem.theta), norms, batched=True)
-        predb = self.spec.forward(inputb, result.fast, norms, batched=True)
+        preda = self.forward(inputa, problem.expand(problem.theta), batched=True, step=0)
+        predb = self.forward(inputb, result.fast, batched=True, step=self.num_updates)
         t = tf.cast(inputa.shape[0], preda.dtype)
         metrics = {"preloss": tf.reduce_sum(self.loss(preda, labela)) / t,
                    "postloss": tf.reduce_sum(self.loss(predb, labelb)) / t,
@@ -341,13 +470,20 @@ class MAML(tf.Module):
 
     # ------------------------------------------------------------ steps
     def meta_loss(self, inputa, labela, inputb, labelb, outer_tape=None):
-        """Meta-objective: sum over tasks of the query loss after num_updates steps / T."""
-        lossa, acca, query = self.task_metalearn(inputa, labela, inputb, labelb, self.num_updates,
-                                                 self.first_order, outer_tape)
-        lossb, accb = query[self.num_updates]
+        """Meta-objective: sum over tasks of the query loss after num_updates steps / T
+        (with MAML++'s multi-step loss: the msl_weights-weighted sum over steps 1..n)."""
+        n = self.num_updates
+        steps = list(range(1, n + 1)) if self.msl_iterations and n > 1 else [n]
+        lossa, acca, query = self.task_metalearn(inputa, labela, inputb, labelb, n,
+                                                 self.first_order, outer_tape, query_steps=steps)
+        lossb, accb = query[n]
         t = tf.cast(inputa.shape[0], lossb.dtype)
         metrics = {"preloss": tf.reduce_sum(lossa) / t, "postloss": tf.reduce_sum(lossb) / t,
                    "preacc": tf.reduce_sum(acca) / t, "postacc": tf.reduce_sum(accb) / t}
+        if len(steps) > 1:
+            w = self.msl_weights()
+            objective = tf.add_n([w[j - 1] * tf.reduce_sum(query[j][0]) for j in steps]) / t
+            return objective, metrics
         return metrics["postloss"], metrics
 
     def meta_gradients(self, inputa, labela, inputb, labelb):
@@ -362,9 +498,7 @@ class MAML(tf.Module):
 
     def _metatrain_step(self, inputa, labela, inputb, labelb):
         metrics, grads = self.meta_gradients(inputa, labela, inputb, labelb)
-        if self.clip_value is not None:
-            grads = [tf.clip_by_value(g, -self.clip_value, self.clip_value) for g in grads]
-        self.metatrain_optimizer.apply_gradients(grads, self.meta_vars)
+        grads = self.apply_meta_update(grads)
         metrics["grad_finite"] = _all_finite(grads)
         return metrics
 

@@ -118,7 +118,7 @@ def meta_gradient(forward: Callable, weights: Dict[str, tf.Tensor], support: Tup
         inputb, labelb = query
         problem = engines.Problem(
             theta=weights, update_lr=update_lr, num_updates=num_updates,
-            inner_loss=lambda fast, extra: loss_fn(forward(inputa, fast), labela),
+            inner_loss=lambda fast, extra, k: loss_fn(forward(inputa, fast), labela),
             outer_loss=lambda fast, extra: loss_fn(forward(inputb, fast), labelb))
         result = engines.run(problem, engine, engines.Options(first_order=first_order, **engine_options))
         return result.outer_loss, result.grad_theta

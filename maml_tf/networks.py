@@ -119,12 +119,22 @@ class NetworkSpec:
         return cast(w), cast(norm)
 
     # ---------------------------------------------------------------- forward
-    def forward(self, x, weights, norm_params=None, batched=False):
-        """Logits of the network for ``x`` with ``weights`` (see module doc)."""
+    def forward(self, x, weights, norm_params=None, batched=False, features=False):
+        """Logits of the network for ``x`` with ``weights`` (see module doc);
+        ``features``: the penultimate representation instead (the input of the output
+        layer: ANIL's body output)."""
         norm_params = norm_params or {}
         if self.kind == "fc":
-            return _forward_fc(self, x, weights, norm_params, batched)
-        return _forward_conv(self, x, weights, norm_params, batched)
+            return _forward_fc(self, x, weights, norm_params, batched, features)
+        return _forward_conv(self, x, weights, norm_params, batched, features)
+
+    @property
+    def head_keys(self):
+        """The output layer's weights (ANIL adapts these alone)."""
+        if self.kind == "conv":
+            return ["w5", "b5"]
+        last = len(self.dim_hidden) + 1
+        return [f"w{last}", f"b{last}"]
 
 
 def truncated_normal(rng, shape, stddev):
@@ -345,9 +355,17 @@ def _normalize(spec, x, norm_params, scope, axes, ln_axes, tile=1, pool=False):
     outer = list(range(x.shape.rank - 1))  # per-channel parameters broadcast over these
     if spec.norm == "batch_norm":
         beta = norm_params[f"{scope}/beta"]
+        gamma = norm_params.get(f"{scope}/gamma")  # a scale: MAML++'s per-step parameters only
         if tile > 1:
-            beta = tf.tile(beta, [tile])
-        return _batch_norm_relu(x, beta, axes, pool)
+            # Per-task parameters [T, C] (Reptile adapts them) are the grouped layout's
+            # [T*C] already; shared ones [C] are repeated for every task.
+            def spread(p):
+                return tf.reshape(p, [-1]) if p.shape.rank == 2 else tf.tile(p, [tile])
+            beta = spread(beta)
+            gamma = None if gamma is None else spread(gamma)
+        if gamma is None:
+            return _batch_norm_relu(x, beta, axes, pool)
+        x = _add(_mul(_standardize(x, axes, BN_EPSILON), gamma, outer), beta, outer)
     if spec.norm == "layer_norm":
         x = _standardize(x, ln_axes, LN_EPSILON)
         x = _add(_mul(x, norm_params[f"{scope}/gamma"], outer), norm_params[f"{scope}/beta"], outer)
@@ -390,12 +408,14 @@ def _conv(h, kernel, strides, groups):
     return tf.concat([tf.nn.conv2d(a, k, strides, "SAME") for a, k in zip(hs, ks)], axis=-1)
 
 
-def _forward_fc(spec, x, w, norm_params, batched):
+def _forward_fc(spec, x, w, norm_params, batched, features=False):
     n_layers = len(spec.dim_hidden) + 1
     scopes = spec.norm_scopes
     h = x
     stat_axes = [1] if batched else [0]
     for i in range(1, n_layers + 1):
+        if features and i == n_layers:
+            return h
         b = w[f"b{i}"]
         if batched:
             b = b[:, None, :]
@@ -498,7 +518,7 @@ class FactoredFCWeights:
         return FactoredFCWeights(self.spec, layers)
 
 
-def _forward_conv(spec, x, w, norm_params, batched):
+def _forward_conv(spec, x, w, norm_params, batched, features=False):
     s, c = spec.img_size, spec.channels
     strides = 1 if spec.max_pool else 2
     if batched:
@@ -537,12 +557,12 @@ def _forward_conv(spec, x, w, norm_params, batched):
             h = tf.reshape(h, [t, hs[0], -1])
         else:
             h = tf.reduce_mean(h, [2, 3])
-        return tf.matmul(h, w["w5"]) + w["b5"][:, None, :]
+        return h if features else tf.matmul(h, w["w5"]) + w["b5"][:, None, :]
     if spec.flatten:
         h = tf.reshape(h, [tf.shape(h)[0], -1])
     else:
         h = tf.reduce_mean(h, [1, 2])
-    return tf.matmul(h, w["w5"]) + w["b5"]
+    return h if features else tf.matmul(h, w["w5"]) + w["b5"]
 
 
 def build_network(datasource, dim_input, dim_output, conv=True, num_filters=64,

@@ -21,9 +21,10 @@ class Adam(tf.Module):
     """
 
     def __init__(self, variables, learning_rate=1e-3, beta1=0.9, beta2=0.999, epsilon=1e-8,
-                 name=None):
+                 name=None, schedule=None):
         super().__init__(name=name)
         self.learning_rate = learning_rate
+        self.schedule = schedule  # step t (float tensor) -> step size, replacing learning_rate
         self.beta1, self.beta2, self.epsilon = beta1, beta2, epsilon
         self._shapes = [tuple(v.shape.as_list()) for v in variables]
         self._sizes = [int(np.prod(s, dtype=np.int64)) for s in self._shapes]
@@ -58,8 +59,9 @@ class Adam(tf.Module):
         # cancellation changes the first steps by 2e-5 relative).
         one = tf.constant(1, dtype)
         beta1, beta2 = tf.constant(self.beta1, dtype), tf.constant(self.beta2, dtype)
-        lr_t = (tf.constant(self.learning_rate, dtype) * tf.sqrt(one - self.beta2_power)
-                / (one - self.beta1_power))
+        lr = (tf.cast(self.schedule(tf.cast(self.step - 1, dtype)), dtype) if self.schedule is not None
+              else tf.constant(self.learning_rate, dtype))
+        lr_t = lr * tf.sqrt(one - self.beta2_power) / (one - self.beta1_power)
         g = tf.concat([tf.reshape(tf.convert_to_tensor(x), [-1]) for x in grads], axis=0)
         m = self.m_flat.assign(self.m_flat + (g - self.m_flat) * (one - beta1))
         v = self.v_flat.assign(self.v_flat + (tf.square(g) - self.v_flat) * (one - beta2))

@@ -12,11 +12,11 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
-from maml_tf import autotune
+from maml_tf import autotune, methods
 from maml_tf.checkpoints import CheckpointManager
 from maml_tf.config import UsageError
 from maml_tf.distribute import Stepper, is_chief, make_strategy, worker_id
-from maml_tf.maml import MAML, configure_threads
+from maml_tf.maml import configure_threads
 from maml_tf.networks import build_network
 from maml_tf.tasks import Prefetcher, Synchronous, make_task_source
 
@@ -58,8 +58,16 @@ def build_model(cfg, tune=False, out=None):
     else:
         mode, jit = autotune.static_choice(spec, tf)
         task_mode, jit = task_mode or mode, jit if cfg.xla is None else cfg.xla
-    return MAML(spec, meta_lr=cfg.meta_lr, seed=cfg.seed, task_mode=task_mode, jit_compile=jit,
-                **settings)
+    options = dict(lslr=cfg.lslr, msl_iterations=cfg.msl_iterations, bnwb=cfg.bnwb,
+                   ca_iterations=cfg.metatrain_iterations if cfg.cosine_annealing else 0,
+                   min_meta_lr=cfg.min_meta_lr, transductive=cfg.transductive)
+    if cfg.method == "anil":
+        options["nil_test"] = cfg.nil_test
+    if cfg.method == "reptile":
+        options.update(inner_optimizer=cfg.reptile_inner, anneal_iterations=cfg.metatrain_iterations)
+    return methods.make(cfg.method, spec, meta_lr=cfg.meta_lr, seed=cfg.seed, task_mode=task_mode,
+                        jit_compile=jit, engine=cfg.meta_gradient, **cfg.engine_options, **settings,
+                        **options)
 
 
 def _print_interval(cfg):
@@ -257,6 +265,8 @@ def train(cfg, out=print):
                                       "preacc": float(accs[0]), "postacc": float(accs[cfg.num_updates])}))
                 if writer is not None:
                     _write_scalars(writer, "metatrain_", itr, losses, accs, cfg.classification)
+            if cfg.da_iterations and not pretraining:  # MAML++: first order, then second
+                model.use_first_order(itr - cfg.pretrain_iterations < cfg.da_iterations)
             metrics = stepper.pretrain_step(*batch) if pretraining else stepper.metatrain_step(*batch)
             loss_key = "preloss" if pretraining else "postloss"
             if not (np.isfinite(metrics[loss_key]) and metrics["grad_finite"]):

@@ -184,7 +184,7 @@ def test_implicit_approaches_the_exact_solve_on_a_small_net():
     problem_args = (fwd, w, support, query, loss_fn, lr)
     # The exact answer at phi* (inner loop run to convergence).
     res = engines.run(engines.Problem(theta={k: tf.constant(v) for k, v in w.items()},
-                                      inner_loss=lambda f, e: loss_fn(fwd(support[0], f), support[1]),
+                                      inner_loss=lambda f, e, k: loss_fn(fwd(support[0], f), support[1]),
                                       outer_loss=lambda f, e: loss_fn(fwd(query[0], f), query[1]),
                                       update_lr=lr, num_updates=3000),
                       "implicit", engines.Options(imaml_lambda=lam, first_order=True))

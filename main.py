@@ -33,7 +33,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app  # noqa: E402
 
 import flags as maml_flags  # noqa: E402  (defines the flags)
-from maml_tf.config import Config, UsageError  # noqa: E402
+from maml_tf.run.config import Config, UsageError  # noqa: E402
 
 FLAGS = maml_flags.FLAGS
 
@@ -55,9 +55,9 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     from maml_tf.runtime import import_tensorflow
     import_tensorflow()
-    from maml_tf import train as training
+    from maml_tf.run import train as training
     training.tf.get_logger().setLevel("ERROR")
-    from maml_tf.image_data import DataError
+    from maml_tf.data.image_data import DataError
     try:
         training.run(config_from_flags())
     except (UsageError, DataError) as e:

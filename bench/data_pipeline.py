@@ -20,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from maml_tf.config import Config  # noqa: E402
+from maml_tf.run.config import Config  # noqa: E402
 
 SOURCES = {
     "omniglot": dict(datasource="omniglot", meta_batch_size=32, update_batch_size=1, update_lr=0.4,
@@ -35,7 +35,7 @@ SOURCES = {
 
 
 def make_sampler(cfg, data_dir):
-    from maml_tf import image_data
+    from maml_tf.data import image_data
     try:
         return image_data.make_sampler(cfg.datasource, data_dir, "train", cfg.num_classes,
                                        cfg.update_batch_size, cfg.query_per_class, seed=0,
@@ -51,8 +51,8 @@ def make_sampler(cfg, data_dir):
 
 
 def measure(name, data_dir, steps):
-    from maml_tf.tasks import Prefetcher
-    from maml_tf.train import build_model
+    from maml_tf.data.tasks import Prefetcher
+    from maml_tf.run.model import build_model
     cfg = Config(**SOURCES[name], metatrain_iterations=steps)
     sampler, origin = make_sampler(cfg, data_dir)
     sample_times = []

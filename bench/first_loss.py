@@ -40,7 +40,7 @@ def ours(config, first_order):
     meta_step.set_threads(len(os.sched_getaffinity(0)), config)
     import numpy as np
     import tensorflow as tf
-    from maml_tf.maml import MAML
+    from maml_tf.methods.maml import MAML
     model, cfg, next_batch = meta_step.build(config, first_order)
     batch = next_batch()
     out = {}

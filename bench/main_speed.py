@@ -35,7 +35,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO))
 from meta_step import CONFIGS  # noqa: E402
-from maml_tf.autotune import cpu_description  # noqa: E402
+from maml_tf.run.autotune import cpu_description  # noqa: E402
 
 
 def synthetic_miniimagenet(root):

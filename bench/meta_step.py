@@ -4,7 +4,7 @@
     python bench/meta_step.py --config omniglot5w1s [--first_order] [--iters N] [--warmup N]
                               [--threads N] [--compare]
 
-Without ``--compare``: builds the model as ``maml_tf.train.build_model`` does for
+Without ``--compare``: builds the model as ``maml_tf.run.train.build_model`` does for
 the original usage line of the configuration, puts the data for the step in
 memory, runs ``warmup + iters`` calls of ``MAML.metatrain_step`` (inner loop,
 second- or first-order meta-gradient, clipping for miniImageNet, TF1 Adam
@@ -96,7 +96,7 @@ def make_batch(name, cfg, rng):
 
 def set_threads(n, config=None, intra=None, inter=None):
     """Pin the process to n CPUs (as the anchors' --threads does) and size TF's thread
-    pools as the model recommends for that many CPUs (maml_tf.maml.thread_settings),
+    pools as the model recommends for that many CPUs (maml_tf.methods.maml.thread_settings),
     unless ``intra`` / ``inter`` say otherwise."""
     avail = sorted(os.sched_getaffinity(0))
     if n < len(avail):
@@ -104,7 +104,7 @@ def set_threads(n, config=None, intra=None, inter=None):
     sys.path.insert(0, str(REPO))
     from maml_tf.runtime import import_tensorflow
     tf = import_tensorflow()
-    from maml_tf.maml import thread_settings
+    from maml_tf.methods.maml import thread_settings
     rec_intra, rec_inter = (n, n) if config is None else thread_settings(_spec(config), n)
     tf.config.threading.set_intra_op_parallelism_threads(intra or rec_intra)
     tf.config.threading.set_inter_op_parallelism_threads(inter or rec_inter)
@@ -113,8 +113,8 @@ def set_threads(n, config=None, intra=None, inter=None):
 
 def _spec(config):
     sys.path.insert(0, str(REPO))
-    from maml_tf.config import Config
-    from maml_tf.networks import build_network
+    from maml_tf.run.config import Config
+    from maml_tf.core.networks import build_network
     cfg = Config(**CONFIGS[config])
     return build_network(cfg.datasource, cfg.dim_input, cfg.dim_output, conv=cfg.conv,
                          num_filters=cfg.num_filters, max_pool=cfg.max_pool, norm=cfg.norm)
@@ -126,13 +126,13 @@ def build(config, first_order=False, task_mode=None, xla=None):
     data source of the anchors (weights and data from one default_rng(0) stream)."""
     import numpy as np
     sys.path.insert(0, str(REPO))
-    from maml_tf.config import Config
-    from maml_tf.train import build_model
+    from maml_tf.run.config import Config
+    from maml_tf.run.model import build_model
 
     fields = dict(CONFIGS[config], stop_grad=first_order, seed=0)
     if task_mode:
         fields["task_mode"] = task_mode
-    # None: what main.py runs (maml_tf.autotune: measured on this machine, cached)
+    # None: what main.py runs (maml_tf.run.autotune: measured on this machine, cached)
     fields["xla"] = None if xla is None else xla == "on"
     cfg = Config(**fields)
     model = build_model(cfg, tune=True, out=lambda line: print(line, file=sys.stderr))
@@ -147,7 +147,7 @@ def build(config, first_order=False, task_mode=None, xla=None):
 
 def cpu_description():
     sys.path.insert(0, str(REPO))
-    from maml_tf.autotune import cpu_description as describe
+    from maml_tf.run.autotune import cpu_description as describe
     return describe()
 
 
@@ -317,9 +317,9 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count(),
                     help="CPUs to use (pins the process, as the anchors' --threads)")
     ap.add_argument("--intra_threads", type=int, default=None,
-                    help="TF intra-op threads (default: maml_tf.maml.thread_settings)")
+                    help="TF intra-op threads (default: maml_tf.methods.maml.thread_settings)")
     ap.add_argument("--inter_threads", type=int, default=None,
-                    help="TF inter-op threads (default: maml_tf.maml.thread_settings)")
+                    help="TF inter-op threads (default: maml_tf.methods.maml.thread_settings)")
     ap.add_argument("--task_mode", default=None, help="override MAML's task_mode")
     ap.add_argument("--xla", choices=["on", "off"], default=None,
                     help="override jit_compile (default: the model's own choice)")

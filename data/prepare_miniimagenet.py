@@ -29,7 +29,7 @@ Two input forms.
    images are already 84x84; they are written as lossless PNG files
    ``OUTPUT/<split>/<wnid>/<wnid>_<row index:05d>.png`` (re-encoding them as JPEG would
    lose information).  The files come from third-party mirrors, so they are read with
-   ``maml_tf.safe_pickle``, which admits only numpy arrays, dtypes and scalars inside
+   ``maml_tf.data.safe_pickle``, which admits only numpy arrays, dtypes and scalars inside
    dicts and lists: a file that asks for anything else (``os.system``, ``builtins.eval``,
    any other function or class) is refused without running it, as is a truncated or
    corrupt file; all three files are checked before anything is written.
@@ -55,7 +55,7 @@ SCRIPT_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, SCRIPT_DIR)
 sys.path.insert(1, os.path.dirname(SCRIPT_DIR))  # the repository root, for maml_tf
 from _preparing import InputError, remove_stale_temps, save_atomic, warn  # noqa: E402
-from maml_tf import safe_pickle  # noqa: E402
+from maml_tf.data import safe_pickle  # noqa: E402
 DEFAULT_OUTPUT = os.path.join(SCRIPT_DIR, "miniImagenet")
 
 SPLITS = ("train", "val", "test")

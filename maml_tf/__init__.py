@@ -12,12 +12,12 @@ Names are imported on first use, so that tools that do not need TensorFlow
 import importlib
 
 _EXPORTS = {
-    "Config": "maml_tf.config", "UsageError": "maml_tf.config",
-    "accuracy": "maml_tf.losses", "mse": "maml_tf.losses", "xent": "maml_tf.losses",
-    "MAML": "maml_tf.maml",
-    "hessian_vector_product": "maml_tf.meta", "meta_gradient": "maml_tf.meta",
-    "meta_gradient_explicit": "maml_tf.meta",
-    "NetworkSpec": "maml_tf.networks", "build_network": "maml_tf.networks",
+    "Config": "maml_tf.run.config", "UsageError": "maml_tf.run.config",
+    "accuracy": "maml_tf.core.losses", "mse": "maml_tf.core.losses", "xent": "maml_tf.core.losses",
+    "MAML": "maml_tf.methods.maml",
+    "hessian_vector_product": "maml_tf.core.meta", "meta_gradient": "maml_tf.core.meta",
+    "meta_gradient_explicit": "maml_tf.core.meta",
+    "NetworkSpec": "maml_tf.core.networks", "build_network": "maml_tf.core.networks",
 }
 __all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"

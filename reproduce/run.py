@@ -11,11 +11,11 @@ NAME may be a shell pattern ('sinusoid-*', 'omniglot-5way-*'); --experiment repe
 For each experiment: the training command (skipped by --skip_train, and a no-op
 when the run's folder already holds all its iterations: training resumes), with
 --select the model selection on the meta-validation set
-(python -m maml_tf.select_checkpoint) and then the test of the best iteration
+(python -m maml_tf.paper.select_checkpoint) and then the test of the best iteration
 (--test_iter), else the test of the newest checkpoint; then a record
 ``<csv stem>.reproduce.json`` beside the test CSV (experiment, full/budget,
 commands, iterations, tested checkpoint, wall times) that
-``python -m maml_tf.results --logdir LOGROOT`` reads.
+``python -m maml_tf.paper.results --logdir LOGROOT`` reads.
 
 Full-length runs go to LOGROOT/<group> (the README's logs/<group>/), budget
 runs to LOGROOT/budget/<group>.  --iterations N trains N iterations instead
@@ -34,8 +34,8 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from maml_tf import experiments, results  # noqa: E402
-from maml_tf.config import UsageError  # noqa: E402
+from maml_tf.paper import experiments, results  # noqa: E402
+from maml_tf.run.config import UsageError  # noqa: E402
 
 MAIN = os.path.join(REPO, "main.py")
 
@@ -74,8 +74,8 @@ def markdown_text():
            "`python reproduce/run.py --experiment NAME` (full length) or "
            "`python reproduce/run.py --experiment NAME --budget` (short CPU budget); "
            "add `--select` to test the checkpoint that is best on the meta-validation set. "
-           "Then `python -m maml_tf.results --logdir logs` prints our numbers beside the paper's, and "
-           "`python -m maml_tf.figures --logdir logs --out figures` draws Figures 2 and 3.", "",
+           "Then `python -m maml_tf.paper.results --logdir logs` prints our numbers beside the paper's, and "
+           "`python -m maml_tf.paper.figures --logdir logs --out figures` draws Figures 2 and 3.", "",
            "Omniglot and miniImageNet must first be prepared into `--data_dir` (default `./data`): "
            "see `data/prepare_omniglot.py` and `data/prepare_miniimagenet.py`.", "",
            "The authors' released miniImageNet 5-way 1-shot checkpoint (paper: 48.70 ± 1.84) is "
@@ -158,7 +158,7 @@ def run_experiment(e, args, extra):
         sel_flags = [a for a in train_cmd[2:]] + [f"--column={e.columns[-1]}"]
         if args.num_test_tasks is not None:
             sel_flags.append(f"--num_tasks={args.num_test_tasks}")
-        rc, wall = _run([sys.executable, "-m", "maml_tf.select_checkpoint"] + sel_flags, args.dry_run)
+        rc, wall = _run([sys.executable, "-m", "maml_tf.paper.select_checkpoint"] + sel_flags, args.dry_run)
         if rc:
             print(f"error: model selection for {e.name} failed (exit {rc})", file=sys.stderr)
             return rc

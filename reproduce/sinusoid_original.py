@@ -7,7 +7,7 @@
 For every seed, as the paper's Section 5.1 (alpha = 0.01, K = 10 for meta-training,
 meta-batch 25, 70,000 iterations; the README's usage line with --update_lr=0.01):
 
-* the original (``python -m maml_tf.original --seed S -- <its flags>``: cbfinn/maml on
+* the original (``python -m maml_tf.paper.original --seed S -- <its flags>``: cbfinn/maml on
   TensorFlow 2, with numpy, random and TF seeded) trains, then tests itself with its own
   ``--train=False`` at K=10 and at K=5 (``--update_batch_size=5
   --train_update_batch_size=10``);
@@ -33,7 +33,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
-from maml_tf import safe_pickle  # noqa: E402  (test .pkl files: numpy only, no code)
+from maml_tf.data import safe_pickle  # noqa: E402  (test .pkl files: numpy only, no code)
 EXP = "cls_5.mbs_25.ubs_10.numstep1.updatelr0.01nonorm"
 DIVERGED = 25.0  # MSE after 10 steps above this: worse than predicting 0 for any task
 
@@ -60,7 +60,7 @@ def pkl(folder, k):
 
 def one_seed(seed, root, iterations, only):
     py = sys.executable
-    sides = {"original": [py, "-m", "maml_tf.original", f"--seed={seed}", "--"],
+    sides = {"original": [py, "-m", "maml_tf.paper.original", f"--seed={seed}", "--"],
              "ours": [py, "main.py", f"--seed={seed}"]}
     for side, prefix in sides.items():
         if only and side != only:
@@ -88,10 +88,12 @@ def one_seed(seed, root, iterations, only):
 
 def stats(path):
     m = np.asarray(safe_pickle.load(path)["mses"], np.float64)
-    return {"mean": [float(m[:, j].mean()) for j in (1, 5, 10)],
-            "ci95": [float(1.96 * m[:, j].std() / np.sqrt(len(m))) for j in (1, 5, 10)],
-            "median": [float(np.median(m[:, j])) for j in (1, 5, 10)],
-            "diverged": int((m[:, 10] > DIVERGED).sum()), "tasks": int(len(m))}
+    with np.errstate(invalid="ignore", over="ignore"):
+        return {"mean": [float(m[:, j].mean()) for j in (1, 5, 10)],
+                "ci95": [float(1.96 * m[:, j].std() / np.sqrt(len(m))) for j in (1, 5, 10)],
+                "median": [float(np.median(np.where(np.isnan(m[:, j]), np.inf, m[:, j]))) for j in (1, 5, 10)],
+                # not finite, or above 25: worse than predicting 0 for any task of the family
+                "diverged": int((~(m[:, 10] <= DIVERGED)).sum()), "tasks": int(len(m))}
 
 
 def summary(root, seeds):
@@ -108,19 +110,23 @@ def summary(root, seeds):
             if os.path.exists(a) and os.path.exists(b):
                 ma = np.asarray(safe_pickle.load(a)["mses"], np.float64)
                 mb = np.asarray(safe_pickle.load(b)["mses"], np.float64)
-                rel = np.abs(ma - mb) / np.maximum(np.abs(ma), 1e-12)
-                finite = np.isfinite(ma[:, 10]) & (ma[:, 10] <= DIVERGED)
+                with np.errstate(invalid="ignore", over="ignore"):
+                    rel = np.abs(ma - mb) / np.maximum(np.abs(ma), 1e-12)
+                finite = ma[:, 10] <= DIVERGED
+                both_gone = ~np.isfinite(ma) & ~np.isfinite(mb)  # diverged in both (inf / nan)
+                rel = np.where(both_gone, 0.0, rel)
                 out["cross"][f"seed{seed}/K{k}"] = {
                     "max_rel_diff_all_steps": float(rel.max()),
                     "max_rel_diff_non_diverged": float(rel[finite].max()) if finite.any() else None,
-                    "same_diverged_tasks": bool(((ma[:, 10] > DIVERGED) == (mb[:, 10] > DIVERGED)).all())}
+                    "same_diverged_tasks": bool(((ma[:, 10] <= DIVERGED) == (mb[:, 10] <= DIVERGED)).all())}
     with open(os.path.join(root, "summary.json"), "w") as f:
         json.dump(out, f, indent=1)
     lines = ["| code | seed | K | 1 step | 5 steps | 10 steps | median 1 / 5 / 10 | diverged (of 600) |",
              "|---|---|---|---|---|---|---|---|"]
     for key, s in sorted(out["runs"].items(), key=lambda kv: (kv[0].split("/")[2], kv[0])):
         side, seed, k = key.split("/")
-        cells = [f"{m:.3f} +- {c:.3f}" if m < 100 else f"{m:.3g}" for m, c in zip(s["mean"], s["ci95"])]
+        cells = [f"{m:.3f} +- {c:.3f}" if m < 100 else ("diverges" if not m == m or m > 1e6 else f"{m:.3g}")
+                 for m, c in zip(s["mean"], s["ci95"])]
         lines.append(f"| {'cbfinn/maml' if side == 'original' else 'maml-tf'} | {seed[4:]} | {k[1:]} | "
                      + " | ".join(cells) + f" | {' / '.join(f'{x:.3f}' for x in s['median'])} | {s['diverged']} |")
     for key, c in out["cross"].items():

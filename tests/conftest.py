@@ -43,7 +43,7 @@ def omniglot_prepared(tmp_path_factory):
     """The real Omniglot archives prepared once per session.
 
     Returns a namespace: data_dir (holds omniglot_resized/, pass it as data_dir to
-    maml_tf.image_data.make_sampler), omniglot_dir, summary (prepare()'s dict), log.
+    maml_tf.data.image_data.make_sampler), omniglot_dir, summary (prepare()'s dict), log.
     """
     missing = [str(p) for p in OMNIGLOT_ZIPS if not p.is_file()]
     if missing:

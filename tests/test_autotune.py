@@ -1,11 +1,11 @@
-"""maml_tf.autotune: the step's path is measured once per machine and configuration."""
+"""maml_tf.run.autotune: the step's path is measured once per machine and configuration."""
 import json
 
 import pytest
 
-from maml_tf import autotune
-from maml_tf.config import Config
-from maml_tf.train import build_model, input_shapes, network_spec
+from maml_tf.run import autotune
+from maml_tf.run.config import Config
+from maml_tf.run.model import build_model, input_shapes, network_spec
 
 SETTINGS = dict(loss="mse", update_batch_size=5, update_lr=0.01, num_updates=1, first_order=False,
                 clip_value=None)

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 import main as entry
-from maml_tf.config import Config, UsageError
+from maml_tf.run.config import Config, UsageError
 from tests.conftest import REPO_ROOT
 
 USAGE_LINES = [line.strip() for line in entry.__doc__.splitlines() if line.strip().startswith("python main.py")]

@@ -1,6 +1,6 @@
 """maml-tf against the authors' own code (../shared/anchors/original), run live.
 
-The short lockstep runs of ``python -m maml_tf.crosscheck`` (the README has the long
+The short lockstep runs of ``python -m maml_tf.paper.crosscheck`` (the README has the long
 ones); the original's data loader on our prepared Omniglot folder; and the TensorFlow
 behaviour that decides how the original's batch norm is run.
 """
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT, SHARED
-from maml_tf import crosscheck, original
+from maml_tf.paper import crosscheck, original
 
 ORIGINAL = SHARED / "anchors" / "original"
 pytestmark = pytest.mark.skipif(not (ORIGINAL / "run_original.py").is_file(),
@@ -86,7 +86,7 @@ def test_tf_batch_norm_second_derivative_in_map_fn():
     fused kernel does outside one.  (The fused kernel inside the map_fn is only reported.)"""
     code = textwrap.dedent("""
         import json, numpy as np
-        from maml_tf.crosscheck import fused_batch_norm_check, _norm_rel
+        from maml_tf.paper.crosscheck import fused_batch_norm_check, _norm_rel
         res = fused_batch_norm_check()
         truth = res["plain", "python"]
         print(json.dumps({f"{k[0]}/{k[1]}": [_norm_rel(v[0], truth[0]), _norm_rel(v[1], truth[1])]
@@ -106,7 +106,7 @@ def test_tf_batch_norm_second_derivative_in_map_fn():
 def test_original_loader_reads_our_prepared_omniglot(omniglot_data_dir):
     """The authors' DataGenerator runs on the folder data/prepare_omniglot.py makes, after
     maml-tf has loaded it (split lists and cache written beside it, not inside)."""
-    from maml_tf import image_data
+    from maml_tf.data import image_data
     image_data.make_sampler("omniglot", str(omniglot_data_dir), "train")
     assert (omniglot_data_dir / "omniglot_splits" / "train.txt").is_file()
     code = textwrap.dedent(f"""

@@ -20,10 +20,10 @@ MIRRORED_SCRIPT = textwrap.dedent("""
     import sys
     import numpy as np
     import tensorflow as tf
-    from maml_tf.distribute import Stepper, make_strategy
-    from maml_tf.maml import MAML
-    from maml_tf.networks import NetworkSpec, build_network
-    from maml_tf.config import UsageError
+    from maml_tf.run.distribute import Stepper, make_strategy
+    from maml_tf.methods.maml import MAML
+    from maml_tf.core.networks import NetworkSpec, build_network
+    from maml_tf.run.config import UsageError
 
     def check(single, mirrored, name, steps):
         for key in single.weights:

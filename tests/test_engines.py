@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from maml_tf import engines, losses
-from maml_tf.maml import MAML
-from maml_tf.meta import hessian_vector_product, meta_gradient
-from maml_tf.networks import NetworkSpec, build_network
+from maml_tf.core import engines, losses
+from maml_tf.methods.maml import MAML
+from maml_tf.core.meta import hessian_vector_product, meta_gradient
+from maml_tf.core.networks import NetworkSpec, build_network
 
 
 def small_conv(max_pool):

@@ -1,4 +1,4 @@
-"""Published models (maml_tf.pretrained, pretrained/) and the SavedModel export (maml_tf.export)."""
+"""Published models (maml_tf.run.pretrained, pretrained/) and the SavedModel export (maml_tf.run.export)."""
 import dataclasses
 import json
 import os
@@ -11,11 +11,12 @@ import pytest
 import tensorflow as tf
 
 from conftest import REPO_ROOT
-from maml_tf import export, pretrained
-from maml_tf.config import Config, UsageError
-from maml_tf.meta import adapt
-from maml_tf.tasks import make_task_source
-from maml_tf.train import build_model, evaluate_tasks
+from maml_tf.run import export, pretrained
+from maml_tf.run.config import Config, UsageError
+from maml_tf.core.meta import adapt
+from maml_tf.data.tasks import make_task_source
+from maml_tf.run.train import evaluate_tasks
+from maml_tf.run.model import build_model
 
 SINE = dict(datasource="sinusoid", norm="None", update_batch_size=10, update_lr=0.01,
             metatrain_iterations=200, meta_batch_size=5)
@@ -85,7 +86,7 @@ def test_main_pretrained_evaluates_the_published_model(published):
 
 
 def _expected_predictions(model, cfg, batch, steps, lr):
-    """maml_tf's own inner loop (maml_tf.meta.adapt) and forward on one task."""
+    """maml_tf's own inner loop (maml_tf.core.meta.adapt) and forward on one task."""
     xa, ya, xb, _ = [tf.constant(a[0]) for a in batch]
     fwd = lambda x, w: model.spec.forward(x, w, model.norm_params)  # noqa: E731
     loss = model.loss

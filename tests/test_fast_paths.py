@@ -1,6 +1,6 @@
 """Every fast path of the training step computes the same meta-gradient.
 
-The reference is ``maml_tf.meta.meta_gradient`` (nested tapes, one task at a
+The reference is ``maml_tf.core.meta.meta_gradient`` (nested tapes, one task at a
 time) run on a plain re-implementation of the networks written here with
 textbook TF ops (no grouped convolutions, no custom gradients, no shared-weight
 tricks), in float64.  The model's paths -- tasks batched (shared weights at
@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from maml_tf import losses
-from maml_tf.maml import MAML
-from maml_tf.meta import adapt, meta_gradient
-from maml_tf.networks import NetworkSpec, build_network
+from maml_tf.core import losses
+from maml_tf.methods.maml import MAML
+from maml_tf.core.meta import adapt, meta_gradient
+from maml_tf.core.networks import NetworkSpec, build_network
 
 BN_EPS, LN_EPS = 1e-3, 1e-12
 
@@ -242,7 +242,7 @@ def test_non_finite_gradient_is_reported():
 def test_batch_norm_statistics_are_accurate_in_float32():
     """TF's one-pass float32 sum of ~10^6 numbers is off by ~1e-3 relative; the
     network's statistics (and hence its outputs) must be float32-accurate."""
-    from maml_tf.networks import _standardize
+    from maml_tf.core.networks import _standardize
     rng = np.random.default_rng(0)
     x64 = 3.0 + rng.standard_normal((40, 84, 84, 4))
     got = _standardize(tf.constant(x64, tf.float32), [0, 1, 2], BN_EPS).numpy()
@@ -258,7 +258,7 @@ import numpy as np
 import tensorflow as tf
 sys.path.insert(0, {tests!r})
 import test_fast_paths as t
-from maml_tf.networks import grouped_conv_differentiable
+from maml_tf.core.networks import grouped_conv_differentiable
 out = {{"grouped": grouped_conv_differentiable()}}
 for case in ("omniglot", "mini"):
     model, batch = t.make_model(case, "batched", False, dtype=tf.float32)

@@ -1,4 +1,4 @@
-"""The sinusoid figures (maml_tf.figures) from the checkpoints and CSVs of short real runs."""
+"""The sinusoid figures (maml_tf.paper.figures) from the checkpoints and CSVs of short real runs."""
 import os
 import shutil
 import subprocess
@@ -7,8 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from maml_tf import figures, results
-from maml_tf.experiments import BY_NAME
+from maml_tf.paper import figures, results
+from maml_tf.paper.experiments import BY_NAME
 from test_results import REPO, sinusoid_logroot  # the short real runs, made once per session
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -86,7 +86,7 @@ def test_missing_matplotlib_is_one_clear_line(monkeypatch, capsys, tmp_path):
 
 def test_figures_cli(tmp_path):
     pytest.importorskip("matplotlib")
-    r = subprocess.run([sys.executable, "-m", "maml_tf.figures", "--logdir", sinusoid_logroot(), "--budget",
+    r = subprocess.run([sys.executable, "-m", "maml_tf.paper.figures", "--logdir", sinusoid_logroot(), "--budget",
                         "--rows", "1", "--out", str(tmp_path / "out")], cwd=str(REPO),
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]

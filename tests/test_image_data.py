@@ -1,4 +1,4 @@
-"""maml_tf.image_data: loading prepared splits and sampling episodes."""
+"""maml_tf.data.image_data: loading prepared splits and sampling episodes."""
 import json
 import os
 import random
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from maml_tf import image_data
-from maml_tf.image_data import DataError, DataWarning, EpisodeSampler, make_sampler
+from maml_tf.data import image_data
+from maml_tf.data.image_data import DataError, DataWarning, EpisodeSampler, make_sampler
 
 SPLIT_SIZES = {"train": 1100, "val": 100, "test": 423}
 

@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from maml_tf import losses
-from maml_tf.maml import MAML
-from maml_tf.meta import adapt, meta_gradient
-from maml_tf.networks import NetworkSpec, build_network
+from maml_tf.core import losses
+from maml_tf.methods.maml import MAML
+from maml_tf.core.meta import adapt, meta_gradient
+from maml_tf.core.networks import NetworkSpec, build_network
 
 
 def _sine_batch(rng, t, k):

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from maml_tf import losses
-from maml_tf.meta import adapt, meta_gradient, meta_gradient_explicit
-from maml_tf.networks import NetworkSpec, build_network
+from maml_tf.core import losses
+from maml_tf.core.meta import adapt, meta_gradient, meta_gradient_explicit
+from maml_tf.core.networks import NetworkSpec, build_network
 
 
 def _dot(a, b):

@@ -7,8 +7,8 @@ import pytest
 import tensorflow as tf
 
 from maml_tf import methods
-from maml_tf.maml import MAML
-from maml_tf.networks import NetworkSpec
+from maml_tf.methods.maml import MAML
+from maml_tf.core.networks import NetworkSpec
 
 LINEAR = NetworkSpec("fc", 3, 1, (), norm="None")          # y = x w1 + b1
 SMALL_FC = NetworkSpec("fc", 3, 1, (4,), norm="None")      # one hidden layer
@@ -247,8 +247,8 @@ def test_non_transductive_evaluation_normalises_each_query_with_the_support_set(
     # example with the support set.
     inputs = as_tensors(batch)
     _, _, query = MAML.task_metalearn(model, *inputs, 1, query_steps=[])
-    from maml_tf.meta import adapt
-    from maml_tf import losses as L
+    from maml_tf.core.meta import adapt
+    from maml_tf.core import losses as L
     fwd = lambda x, w: model.spec.forward(x, w, model.norm_params)  # noqa: E731
     fast = adapt(fwd, dict(model.weights), (inputs[0][0], inputs[1][0]),
                  lambda p, y: L.xent(p, y, 2), 0.1, 1)[-1]
@@ -262,7 +262,7 @@ def test_non_transductive_evaluation_normalises_each_query_with_the_support_set(
 
 def test_method_variables_are_checkpointed(tmp_path):
     """Meta-SGD's step sizes are meta-parameters: saved and restored with theta."""
-    from maml_tf.checkpoints import CheckpointManager
+    from maml_tf.run.checkpoints import CheckpointManager
     a = methods.MetaSGD(SMALL_FC, update_lr=0.1, seed=1)
     a.alphas["w1"].assign(a.alphas["w1"] * 3)
     CheckpointManager(str(tmp_path), a).save(5, 6)

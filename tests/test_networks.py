@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from maml_tf import losses
-from maml_tf.networks import NetworkSpec, build_network
+from maml_tf.core import losses
+from maml_tf.core.networks import NetworkSpec, build_network
 
 
 def test_architectures_match_the_original():

@@ -14,9 +14,9 @@ import tempfile
 import numpy as np
 import pytest
 
-from maml_tf import experiments, results
-from maml_tf.config import Config, UsageError
-from maml_tf.experiments import BY_NAME, EXPERIMENTS
+from maml_tf.paper import experiments, results
+from maml_tf.run.config import Config, UsageError
+from maml_tf.paper.experiments import BY_NAME, EXPERIMENTS
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHORT_ITERATIONS = 300
@@ -36,7 +36,7 @@ def sinusoid_logroot():
     """A log root holding short real runs of every sinusoid experiment of the registry
     (budget layout: <root>/budget/sine, 300 iterations, 100 test tasks, no records),
     made once per test session (the figure tests use it too)."""
-    from maml_tf import train
+    from maml_tf.run import train
     root = tempfile.mkdtemp(prefix="maml_tf_sine_runs_")
     atexit.register(shutil.rmtree, root, True)
     trained = set()
@@ -213,7 +213,8 @@ def test_results_table_classification_full_budget_and_released(tmp_path):
 
 # ----------------------------------------------------------------------------- model selection
 def test_select_checkpoint_names_the_best_iteration(tmp_path, capsys):
-    from maml_tf import select_checkpoint, train
+    from maml_tf.paper import select_checkpoint
+    from maml_tf.run import train
     logdir = str(tmp_path / "logs")
     flags = ["--datasource=sinusoid", "--metatrain_iterations=250", "--norm=None", "--update_batch_size=5",
              "--update_lr=0.01", "--save_interval=100", f"--logdir={logdir}"]

@@ -1,4 +1,4 @@
-"""maml_tf.safe_pickle: numpy pickles load, anything that could run code is refused."""
+"""maml_tf.data.safe_pickle: numpy pickles load, anything that could run code is refused."""
 import _compat_pickle
 import builtins
 import io
@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT
-from maml_tf import safe_pickle
-from maml_tf.safe_pickle import CorruptPickleError, UnsafePickleError
+from maml_tf.data import safe_pickle
+from maml_tf.data.safe_pickle import CorruptPickleError, UnsafePickleError
 
 PROTOCOLS = range(pickle.HIGHEST_PROTOCOL + 1)
 
@@ -117,7 +117,7 @@ def test_numpy_pickles_load(protocol):
     rng = np.random.default_rng(0)
     objs = [
         cache_like(rng),
-        {"mses": rng.random((600, 11))},  # maml_tf.train's test .pkl
+        {"mses": rng.random((600, 11))},  # maml_tf.run.train's test .pkl
         {"mses": rng.random((600, 11)).astype(np.float32)},  # the original's
         {"class_dict": {"n1": np.array([3, 1]), "n2": [np.int64(0)]},
          "empty": np.zeros((0, 3)), "big_endian": np.arange(5, dtype=">i4"),
@@ -134,7 +134,7 @@ def test_numpy_pickles_load(protocol):
 
 
 def test_load_from_path_and_train_output(tmp_path):
-    # The file maml_tf.train writes (pickle.dump({"mses": rows}, f)) reads back.
+    # The file maml_tf.run.train writes (pickle.dump({"mses": rows}, f)) reads back.
     rows = np.random.default_rng(1).random((600, 11))
     path = tmp_path / "test_ubs10_stepsize0.01.pkl"
     with open(path, "wb") as f:
@@ -198,7 +198,7 @@ def test_python2_layout_with_latin1():
 
 
 def test_module_is_cheap():
-    code = ("import sys; import maml_tf.safe_pickle; "
+    code = ("import sys; import maml_tf.data.safe_pickle; "
             "print(sorted(m for m in ('tensorflow', 'PIL') if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        cwd=REPO_ROOT, timeout=120)

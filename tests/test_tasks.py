@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from maml_tf.tasks import Prefetcher, SinusoidTasks
+from maml_tf.data.tasks import Prefetcher, SinusoidTasks
 
 
 def test_sinusoid_draws_equal_the_originals_sequence():

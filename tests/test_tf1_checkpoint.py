@@ -1,4 +1,4 @@
-"""Loading checkpoints of the original TF1 code (maml_tf.tf1_checkpoint, --init_checkpoint)."""
+"""Loading checkpoints of the original TF1 code (maml_tf.run.tf1_checkpoint, --init_checkpoint)."""
 import csv
 import os
 import pathlib
@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from maml_tf.checkpoints import CheckpointManager
-from maml_tf.config import Config, UsageError
-from maml_tf.tf1_checkpoint import load_tf1_checkpoint, read_checkpoint, tf1_variable_names
-from maml_tf.train import build_model, train as run_train
+from maml_tf.run.checkpoints import CheckpointManager
+from maml_tf.run.config import Config, UsageError
+from maml_tf.run.tf1_checkpoint import load_tf1_checkpoint, read_checkpoint, tf1_variable_names
+from maml_tf.run.train import train as run_train
+from maml_tf.run.model import build_model
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 RELEASED = REPO.parent / "shared" / "data" / "cbfinn_maml_checkpoint" / "miniimagenet1shot" / "model59000"
@@ -312,7 +313,7 @@ def test_continue_meta_training_from_released_checkpoint(tmp_path):
 
 @needs_released
 def test_inspection_cli(capsys):
-    from maml_tf import tf1_checkpoint
+    from maml_tf.run import tf1_checkpoint
     flags = [f"--{k}={v}" for k, v in MINI_1SHOT.items()]
     assert tf1_checkpoint.main([str(RELEASED), *flags]) == 0
     out = capsys.readouterr().out

@@ -80,7 +80,7 @@ class Config:
     cpu_devices: int = 0
     # names of the flags given on the command line (for contradiction checks)
     explicit: tuple = ()
-    xla: Optional[bool] = None  # None: auto (maml_tf.autotune)
+    xla: Optional[bool] = None  # None: auto (maml_tf.run.autotune)
     step_times: str = ""
 
     # ------------------------------------------------------------ derived rules
@@ -193,7 +193,7 @@ class Config:
 
     @property
     def engine_options(self):
-        """Keyword options of maml_tf.engines.Options given by the flags."""
+        """Keyword options of maml_tf.core.engines.Options given by the flags."""
         out = {}
         if self.truncate_steps >= 0:
             out["truncate_steps"] = self.truncate_steps
@@ -275,7 +275,7 @@ class Config:
                 raise UsageError(f"{', '.join(given)} only apply to the image data sources: the sinusoid "
                                  f"network is the original's fc 40-40; drop {', '.join(given)} or use "
                                  f"--datasource=omniglot/miniimagenet")
-        from maml_tf.engines import DROPGRAD_TYPES, ENGINES
+        from maml_tf.core.engines import DROPGRAD_TYPES, ENGINES
         if self.meta_gradient not in ENGINES:
             raise UsageError(f"--meta_gradient={self.meta_gradient!r} is unknown: use one of {', '.join(ENGINES)}")
         if self.meta_gradient == "truncated" and not 0 <= self.truncate_steps <= self.num_updates:
@@ -352,3 +352,70 @@ class Config:
             cfg.pretrain_iterations += cfg.metatrain_iterations
             cfg.metatrain_iterations = 0
         return cfg
+
+
+# ---------------------------------------------------------------- main.py-style flags without absl
+_TRUE = {"true", "t", "1", "yes"}
+_FALSE = {"false", "f", "0", "no"}
+
+
+def _field_types():
+    """{Config field: bool/int/float/str} from the annotations (Optional[X] -> X)."""
+    out = {}
+    for f in dataclasses.fields(Config):
+        kind = f.type
+        args = [a for a in getattr(kind, "__args__", ()) if a is not type(None)]
+        if len(args) == 1:
+            kind = args[0]
+        out[f.name] = kind if kind in (bool, int, float, str) else str
+    return out
+
+
+def _convert(name, value, kind):
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        v = str(value).lower()
+        if v in _TRUE:
+            return True
+        if v in _FALSE:
+            return False
+        raise UsageError(f"--{name}={value}: not a boolean (use True or False)")
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"--{name}={value}: not a valid {kind.__name__}") from None
+
+
+def parse_flags(args, known=None):
+    """main.py-style arguments (``--name=value``, ``--flag``, ``--noflag``) -> (Config field
+    values, leftover arguments).  ``known`` lists extra flag names to leave in leftovers."""
+    types = _field_types()
+    values, rest = {}, []
+    for a in args:
+        if not a.startswith("--"):
+            rest.append(a)
+            continue
+        body = a[2:]
+        name, eq, value = body.partition("=")
+        if name in types:
+            if not eq:
+                if types[name] is not bool:
+                    raise UsageError(f"--{name} needs a value: --{name}=VALUE")
+                value = True
+            values[name] = _convert(name, value, types[name])
+        elif not eq and name.startswith("no") and types.get(name[2:]) is bool:
+            values[name[2:]] = False
+        else:
+            rest.append(a)
+    return values, rest
+
+
+def config_from_flags(values):
+    """A validated, resolved Config from {flag: value} (strings or typed values)."""
+    types = _field_types()
+    bad = [k for k in values if k not in types]
+    if bad:
+        raise UsageError(f"--{bad[0]} is not a main.py flag")
+    cfg = Config(**{k: _convert(k, v, types[k]) for k, v in values.items()})
+    return cfg.validate().resolved()

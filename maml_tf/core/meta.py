@@ -102,7 +102,7 @@ def meta_gradient(forward: Callable, weights: Dict[str, tf.Tensor], support: Tup
     ``num_updates`` inner steps of size ``update_lr`` (alpha) and its gradient
     with respect to every entry of ``weights`` (a dict with the same keys).
 
-    ``engine`` chooses how the gradient flows back (:mod:`maml_tf.engines`):
+    ``engine`` chooses how the gradient flows back (:mod:`maml_tf.core.engines`):
     'nested' (default: nested GradientTapes, below), 'checkpointed', 'truncated'
     (``truncate_steps=k``), 'implicit' (iMAML: ``imaml_lambda``, ``cg_steps``; the
     returned loss is at the proximal inner solution), 'es' (ES-MAML: ``es_samples``,
@@ -113,7 +113,7 @@ def meta_gradient(forward: Callable, weights: Dict[str, tf.Tensor], support: Tup
     if dtype is not None:
         support, query = _as_data(support, dtype), _as_data(query, dtype)
     if engine != "nested" or engine_options:
-        from maml_tf import engines
+        from maml_tf.core import engines
         inputa, labela = support
         inputb, labelb = query
         problem = engines.Problem(

@@ -11,9 +11,9 @@ layer runs on all tasks at once, and one inner gradient of the summed task
 losses gives each task its own gradient, since the tasks share nothing.  Conv
 nets broadcast theta to T per-task copies and run one grouped convolution per
 layer; fc nets keep the per-task fast weights factored (theta plus low-rank
-inner-step updates, :class:`maml_tf.networks.FactoredFCWeights`).
+inner-step updates, :class:`maml_tf.core.networks.FactoredFCWeights`).
 ``task_mode='loop'`` runs the tasks one after another; both compute the same
-numbers (tests check it, and against :mod:`maml_tf.meta`).
+numbers (tests check it, and against :mod:`maml_tf.core.meta`).
 
 Speed (bench/README.md): the fc nets' training step is compiled with XLA
 (``jit_compile=None`` chooses), the conv nets' runs as a TF graph on oneDNN;
@@ -27,10 +27,10 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from maml_tf import engines, losses
-from maml_tf.meta import ZERO, tape_gradient
-from maml_tf.networks import FactoredFCWeights
-from maml_tf.optimizer import Adam
+from maml_tf.core import engines, losses
+from maml_tf.core.meta import ZERO, tape_gradient
+from maml_tf.core.networks import FactoredFCWeights
+from maml_tf.core.optimizer import Adam
 
 TASK_MODES = ("batched", "loop")
 METRIC_KEYS = ("preloss", "postloss", "preacc", "postacc")
@@ -288,7 +288,7 @@ class MAML(tf.Module):
                 and not self.lslr and not self.bnwb)
 
     def loss(self, pred, label):
-        """The original's loss (:mod:`maml_tf.losses`): a scalar, or [T] for batched input."""
+        """The original's loss (:mod:`maml_tf.core.losses`): a scalar, or [T] for batched input."""
         per_task = len(pred.shape) == 3
         if self.classification:
             return losses.xent(pred, label, self.update_batch_size, per_task=per_task)
@@ -336,7 +336,7 @@ class MAML(tf.Module):
     def _trajectory_factored(self, inputa, labela, inputb, labelb, num_updates, first_order,
                              outer_tape, query_steps):
         """:meth:`_trajectory` for fc networks, tasks batched, fast weights factored
-        (see :class:`maml_tf.networks.FactoredFCWeights`)."""
+        (see :class:`maml_tf.core.networks.FactoredFCWeights`)."""
         t, bs = inputa.shape[0], inputa.shape[1]
         cut = self._truncation(num_updates, outer_tape)
         fast = FactoredFCWeights.initial(self.spec, self.weights, t, bs, inputb.shape[1],
@@ -420,7 +420,7 @@ class MAML(tf.Module):
         return apply
 
     def engine_problem(self, inputa, labela, inputb, labelb):
-        """The meta-batch as an :class:`maml_tf.engines.Problem`: theta broadcast to T
+        """The meta-batch as an :class:`maml_tf.core.engines.Problem`: theta broadcast to T
         per-task copies; the normalisation parameters and a method's own meta-parameters
         (learned step sizes) as the meta-parameters the inner loop does not adapt; the
         method's step sizes (0 for weights it leaves alone); per-task losses summed

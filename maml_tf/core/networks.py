@@ -14,6 +14,7 @@ weights (``x``: [T, B, dim_input], every weight with a leading T axis).  The
 batched form computes exactly what T separate calls would (per-task batch
 statistics included); convolutions become one grouped convolution.
 """
+import contextlib
 import dataclasses
 import functools
 from typing import Dict, Tuple
@@ -22,6 +23,11 @@ import numpy as np
 import tensorflow as tf
 
 BN_EPSILON = 1e-3   # tf.contrib.layers.batch_norm default
+# Whether outer tapes differentiate the max-pool gradient's routing (MaxPoolGrad's
+# derivative with respect to the incoming gradient; TF's MaxPoolGradGrad, registered
+# since TF 1.2).  The original's special_grads.py, active on older TF, gave that
+# derivative as 0: :func:`tf_before_1_2_max_pool` reproduces it for a comparison.
+_MAXPOOL_GRAD_DIFFERENTIATED = [True]
 LN_EPSILON = 1e-12  # tf.contrib.layers.layer_norm default
 NORMS = ("batch_norm", "layer_norm", "None")
 
@@ -333,6 +339,8 @@ def _bn_pool_relu(x, mean, r, beta, axes, outer, n, scope):
                 dxp = tf.raw_ops.MaxPoolGrad(orig_input=x, orig_output=p, grad=dp,
                                              ksize=[1, 2, 2, 1], strides=[1, 2, 2, 1],
                                              padding="VALID")
+                if not _MAXPOOL_GRAD_DIFFERENTIATED[0]:  # TF < 1.2 + special_grads.py: see below
+                    dxp = tf.stop_gradient(dxp)
                 # x's last use after the pool gradient's: the elementwise ops below
                 # may then reuse x's buffer (first order: one full-size tensor less).
                 with tf.control_dependencies([dxp]):
@@ -584,3 +592,19 @@ def build_network(datasource, dim_input, dim_output, conv=True, num_filters=64,
 
 
 ParamDict = Dict[str, tf.Tensor]
+
+
+@contextlib.contextmanager
+def tf_before_1_2_max_pool():
+    """Build the batch-norm + max-pool layers as the original's ``special_grads.py``
+    differentiated them on TensorFlow < 1.2 (the paper's): its gradient of MaxPoolGrad is 0
+    for the incoming gradient, the one input MaxPoolGrad depends on (linearly; it is
+    piecewise constant in the others), so every second-order term routed through a
+    max-pool layer's gradient is lost.  (The value it returned for the pooled input is no
+    derivative of anything; that part is left out.)  For comparisons only
+    (reproduce/special_grads.py): graphs built inside use it."""
+    _MAXPOOL_GRAD_DIFFERENTIATED[0] = False
+    try:
+        yield
+    finally:
+        _MAXPOOL_GRAD_DIFFERENTIATED[0] = True

@@ -94,14 +94,14 @@ def make_task_source(config, split="train", meta_batch_size=None, seed=None, poo
     set, chosen by --test_set).  Sinusoid tasks come from one distribution for
     every split, drawn fresh (as the original).  ``pool``: image tasks cycle
     through a fixed pool of that many (0: every task fresh); see
-    :class:`maml_tf.image_data.EpisodeSampler`.
+    :class:`maml_tf.data.image_data.EpisodeSampler`.
     """
     mbs = config.meta_batch_size if meta_batch_size is None else meta_batch_size
     seed = config.seed if seed is None else seed
     if config.datasource == "sinusoid":
         return SinusoidTasks(mbs, config.update_batch_size, config.query_per_class, seed=seed,
                              oracle=config.baseline == "oracle")
-    from maml_tf import image_data  # TF image decoding only where it is needed
+    from maml_tf.data import image_data  # TF image decoding only where it is needed
     return image_data.make_sampler(config.datasource, config.data_dir, split, config.num_classes,
                                    config.update_batch_size, config.query_per_class, seed=seed,
                                    meta_batch_size=mbs, pool_size=pool)

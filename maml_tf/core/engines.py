@@ -2,7 +2,7 @@
 
 MAML adapts theta by n steps of gradient descent on the support loss L_a and
 meta-learns theta from the query loss L_b at the adapted weights (see
-:mod:`maml_tf.meta`):
+:mod:`maml_tf.core.meta`):
 
     theta_0 = theta,   theta_{k+1} = theta_k - alpha D_k grad L_a(theta_k),   meta-loss L_b(theta_n)
 
@@ -55,8 +55,8 @@ the original) get their meta-gradient from every step too: each engine returns i
 M = d^2 L_a / dphi dextra).
 
 One :class:`Problem` describes the inner problem for every engine: for one task
-(:func:`maml_tf.meta.meta_gradient`) or for a meta-batch whose tasks run together
-(the training step of :class:`maml_tf.maml.MAML`: ``expand`` broadcasts theta to T
+(:func:`maml_tf.core.meta.meta_gradient`) or for a meta-batch whose tasks run together
+(the training step of :class:`maml_tf.methods.maml.MAML`: ``expand`` broadcasts theta to T
 per-task copies, the losses are summed over tasks, which share nothing, and
 ``task_dot`` gives per-task inner products, so conjugate gradient runs per task).
 """

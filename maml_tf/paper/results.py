@@ -1,4 +1,4 @@
-"""Our test results beside the paper's: ``python -m maml_tf.results --logdir LOGS``.
+"""Our test results beside the paper's: ``python -m maml_tf.paper.results --logdir LOGS``.
 
 Reads every ``test_ubs{K}_stepsize{alpha}.csv`` under LOGS (the files
 ``main.py --train=False`` writes: a header ``update0..updateN``, then rows of
@@ -9,7 +9,7 @@ row with the paper's number, the test column it reports and the run's length.
 Which experiment a CSV belongs to: the record ``<stem>.reproduce.json`` that
 ``reproduce/run.py`` writes beside it (experiment, full/budget, the commands,
 the iterations trained, the checkpoint tested), or else the experiment of
-:mod:`maml_tf.experiments` whose experiment folder name and CSV name match
+:mod:`maml_tf.paper.experiments` whose experiment folder name and CSV name match
 (and whose log group matches, where two do).
 
 Run length ("full" or "budget"): the record's variant; without a record, the
@@ -123,7 +123,7 @@ def latest_checkpoint_iteration(exp_dir):
 
 # ------------------------------------------------------------------------------ matching
 def _registry():
-    from maml_tf import experiments
+    from maml_tf.paper import experiments
     out = []
     for e in experiments.EXPERIMENTS:
         cfg = e.config(test=True)
@@ -133,7 +133,7 @@ def _registry():
 
 def match_experiment(csv_path, logdir, registry=None):
     """The Experiment a test CSV belongs to, or None."""
-    from maml_tf import experiments
+    from maml_tf.paper import experiments
     record = read_manifest(csv_path)
     if record and record.get("experiment") in experiments.BY_NAME:
         return experiments.BY_NAME[record["experiment"]]
@@ -166,7 +166,7 @@ def collect(logdir, warn=_stderr):
     unreadable CSVs are reported through ``warn`` and skipped."""
     if not os.path.isdir(logdir):
         raise ResultsError(f"--logdir={logdir} is not a folder")
-    from maml_tf import experiments
+    from maml_tf.paper import experiments
     registry = _registry()
     order = {e.name: i for i, e in enumerate(experiments.EXPERIMENTS)}
     rows = []
@@ -288,7 +288,7 @@ def _raw(mean, ci):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
-        prog="python -m maml_tf.results",
+        prog="python -m maml_tf.paper.results",
         description="Markdown tables of the test CSVs under a log folder beside the paper's numbers.")
     parser.add_argument("--logdir", required=True, help="folder searched (recursively) for test_ubs*_stepsize*.csv")
     parser.add_argument("--out", default=None, help="also write the tables to this file")

@@ -12,7 +12,7 @@ class Adam(tf.Module):
     multiplication, not pow: 1 - b2^t cancels, so their last bits matter) and every
     constant is rounded to that dtype before it is used; the arithmetic is TF1's too
     (m += (g - m)(1 - b1)), so the lockstep with the original code
-    (``python -m maml_tf.crosscheck``) sees the same updates to the last bit or two.  The slots of all the variables live
+    (``python -m maml_tf.paper.crosscheck``) sees the same updates to the last bit or two.  The slots of all the variables live
     in two flat variables (``m_flat``, ``v_flat``; ``m`` and ``v`` give the
     per-variable views): an XLA-compiled training step pays a fixed cost per
     resource variable it reads and writes (~3 us each on CPU, a tenth of the

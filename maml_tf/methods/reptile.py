@@ -1,80 +1,16 @@
-"""MAML's successors on MAML's core: each changes one or two of MAML's method hooks.
+"""Reptile (Nichol, Achiam, Schulman 2018): first-order meta-learning without a meta-gradient.
 
-MAML (:class:`maml_tf.maml.MAML`) adapts every weight with one step size alpha and
-meta-learns theta from the query loss after n steps.  Its hooks (``adapted_keys``,
-``inner_lr``, ``norms_at``, ``meta_gradients``, ``apply_meta_update``,
-``_method_variables``) are where the methods below differ; everything else (the
-networks, the data, the 600-task evaluation, checkpoints, tf.distribute, the command
-line, the meta-gradient engines where they apply) is shared.  MAML++'s components are
-options of every method (``lslr``, ``msl_iterations``, ``bnwb``, ``ca_iterations`` in
-:class:`~maml_tf.maml.MAML`, derivative-order annealing in the training loop).
-
-``MetaSGD``  (Li et al. 2017)  theta_{k+1} = theta_k - a (.) grad L_a(theta_k), a learned
-             step size per weight entry (same shapes as the weights; initialised to
-             alpha), meta-learned with theta from the query loss.
-``ANIL``     (Raghu et al. 2020)  the inner loop adapts the output layer only; the body is
-             meta-learned through the head's adaptation.  ``nil_test``: evaluation
-             without any inner loop (NIL): a query's score for class c is the mean cosine
-             similarity of its penultimate representation to those of class c's support
-             examples.
-``Reptile``  (Nichol et al. 2018)  k steps of SGD (or Adam with beta1 = 0, as the paper's
-             implementation) on each task's support set, then
-             theta <- theta + eps_t (mean_t phi_t - theta), eps_t = meta_lr annealed
-             linearly to 0 over the meta-training iterations.  No gradient through the
-             inner loop (first order by construction); every parameter, normalisation
-             offsets included, is adapted.
+k steps of SGD (or Adam with beta1 = 0, as the paper's implementation) on each task's
+support set, then theta <- theta + eps_t (mean_t phi_t - theta), with eps_t = meta_lr
+annealed linearly to 0 over the meta-training iterations.  No gradient flows through
+the inner loop; every parameter, the normalisation offsets included, is adapted.
+Evaluation fine-tunes with the same inner optimiser; ``transductive=False`` normalises
+each query example with the support set alone (the paper's non-transductive setting).
 """
-import numpy as np
 import tensorflow as tf
 
-from maml_tf.maml import MAML
-from maml_tf.meta import ZERO
-
-METHODS = ("maml", "metasgd", "anil", "reptile")
-
-
-class MetaSGD(MAML):
-    """Meta-SGD: a meta-learned step size for every weight entry (``alpha/<key>``)."""
-
-    def _method_variables(self, np_dtype):
-        self.alphas = {k: tf.Variable(np.full(v.shape, self.update_lr, np_dtype), name="alpha_" + k)
-                       for k, v in self.weights.items()}
-        return {f"alpha/{k}": v for k, v in self.alphas.items()}
-
-    def inner_lr(self, key, step):
-        return self.alphas[key]
-
-
-class ANIL(MAML):
-    """ANIL: the inner loop adapts the output layer alone; ``nil_test``: no inner loop at
-    evaluation (cosine similarity to the support examples' representations)."""
-
-    def __init__(self, spec, nil_test=False, **kwargs):
-        self.nil_test = bool(nil_test)
-        super().__init__(spec, **kwargs)
-
-    @property
-    def adapted_keys(self):
-        return self.spec.head_keys
-
-    def _evaluate_step(self, inputa, labela, inputb, labelb, num_steps):
-        if not self.nil_test:
-            return super()._evaluate_step(inputa, labela, inputb, labelb, num_steps)
-        if not self.classification:
-            raise ValueError("NIL testing classifies: it needs a classification task")
-        feats_a = tf.math.l2_normalize(self._features(inputa), -1)
-        feats_b = tf.math.l2_normalize(self._features(inputb), -1)
-        sims = tf.matmul(feats_b, feats_a, transpose_b=True)          # [T, Q, NK]
-        per_class = tf.matmul(sims, labela) / tf.reduce_sum(labela, axis=1, keepdims=True)  # [T, Q, N]
-        acc = self.accuracy(per_class, labelb)
-        loss = self.loss(per_class, labelb)
-        # No inner step: every column (support, steps 1..num_steps) holds NIL's values.
-        return tf.stack([loss] * (num_steps + 1), axis=1), tf.stack([acc] * (num_steps + 1), axis=1)
-
-    def _features(self, x):
-        t = x.shape[0]
-        fast = {k: tf.broadcast_to(v, [t] + v.shape.as_list()) for k, v in self.weights.items()}
-        return self.spec.forward(x, fast, self.norms_at(0), batched=True, features=True)
+from maml_tf.core.meta import ZERO
+from maml_tf.methods.maml import MAML
 
 
 class AnnealedSGD(tf.Module):
@@ -184,11 +120,3 @@ class Reptile(MAML):
             params = {k: tf.repeat(v[i][None], q, axis=0) for k, v in fast.items()}
             out.append(self._forward_params(x, params, q)[:, -1])
         return tf.stack(out)
-
-
-def make(method, spec, **kwargs):
-    """The meta-learner ``method`` ('maml', 'metasgd', 'anil', 'reptile') for ``spec``."""
-    cls = {"maml": MAML, "metasgd": MetaSGD, "anil": ANIL, "reptile": Reptile}.get(method)
-    if cls is None:
-        raise ValueError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
-    return cls(spec, **kwargs)

@@ -11,7 +11,7 @@ sinusoid MAML uses alpha = 0.01 (the README left the default 0.001). The
 miniImageNet 5-shot meta-batch is the README's 4 (the paper's appendix says 2).
 
 Also here: :func:`parse_flags` / :func:`config_from_flags`, turning main.py-style
-``--name=value`` arguments into a :class:`~maml_tf.config.Config` without absl,
+``--name=value`` arguments into a :class:`~maml_tf.run.config.Config` without absl,
 for the result, figure and model-selection commands.
 """
 import dataclasses
@@ -21,9 +21,9 @@ import shlex
 import sys
 from typing import Dict, Optional, Tuple
 
-from maml_tf.config import Config, UsageError
+from maml_tf.run.config import UsageError, config_from_flags, parse_flags  # noqa: F401  (parse_flags re-exported)
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # The authors' released miniImageNet 5-way 1-shot checkpoint, relative to the repository root
 # (reproduce/run.py resolves it from there).
 RELEASED_CHECKPOINT = "../shared/data/cbfinn_maml_checkpoint/miniimagenet1shot/model59000"
@@ -211,66 +211,6 @@ def select(patterns):
 
 
 # ------------------------------------------------------------------------------ flags -> Config
-_TRUE = {"true", "t", "1", "yes"}
-_FALSE = {"false", "f", "0", "no"}
-
-
-def _field_types():
-    """{Config field: bool/int/float/str} from the annotations (Optional[str] -> str)."""
-    return {f.name: f.type if f.type in (bool, int, float, str) else str
-            for f in dataclasses.fields(Config)}
-
-
-def _convert(name, value, kind):
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        v = str(value).lower()
-        if v in _TRUE:
-            return True
-        if v in _FALSE:
-            return False
-        raise UsageError(f"--{name}={value}: not a boolean (use True or False)")
-    try:
-        return kind(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"--{name}={value}: not a valid {kind.__name__}") from None
-
-
-def parse_flags(args, known=None):
-    """main.py-style arguments (``--name=value``, ``--flag``, ``--noflag``) -> (Config field
-    values, leftover arguments).  ``known`` lists extra flag names to leave in leftovers."""
-    types = _field_types()
-    values, rest = {}, []
-    for a in args:
-        if not a.startswith("--"):
-            rest.append(a)
-            continue
-        body = a[2:]
-        name, eq, value = body.partition("=")
-        if name in types:
-            if not eq:
-                if types[name] is not bool:
-                    raise UsageError(f"--{name} needs a value: --{name}=VALUE")
-                value = True
-            values[name] = _convert(name, value, types[name])
-        elif not eq and name.startswith("no") and types.get(name[2:]) is bool:
-            values[name[2:]] = False
-        else:
-            rest.append(a)
-    return values, rest
-
-
-def config_from_flags(values):
-    """A validated, resolved Config from {flag: value} (strings or typed values)."""
-    types = _field_types()
-    bad = [k for k in values if k not in types]
-    if bad:
-        raise UsageError(f"--{bad[0]} is not a main.py flag")
-    cfg = Config(**{k: _convert(k, v, types[k]) for k, v in values.items()})
-    return cfg.validate().resolved()
-
-
 def python_main():
     """(python executable, path of main.py) for commands run from here."""
     return sys.executable, os.path.join(REPO_ROOT, "main.py")

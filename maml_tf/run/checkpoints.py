@@ -11,7 +11,7 @@ import re
 
 import tensorflow as tf
 
-from maml_tf.config import UsageError
+from maml_tf.run.config import UsageError
 
 _MODEL_RE = re.compile(r"model(\d+)$")
 

@@ -58,8 +58,8 @@ LEGACY_SPLITS_DIRNAME = "splits"    # inside omniglot_resized/ up to maml-tf 0.1
 CACHE_DIRNAME = ".cache"
 CACHE_VERSION = 1
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_STATE_FORMAT = "maml_tf.image_data.EpisodeSampler/1"  # fresh tasks
-_POOL_STATE_FORMAT = "maml_tf.image_data.EpisodeSampler/pool/1"
+_STATE_FORMAT = "maml_tf.data.image_data.EpisodeSampler/1"  # fresh tasks
+_POOL_STATE_FORMAT = "maml_tf.data.image_data.EpisodeSampler/pool/1"
 ORIGINAL_TRAIN_POOL = 200000  # the original's make_data_tensor: num_total_batches (tasks)
 ORIGINAL_EVAL_POOL = 600      # ... for the metaval tensor
 

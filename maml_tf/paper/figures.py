@@ -1,4 +1,4 @@
-"""The paper's sinusoid figures, from trained runs: ``python -m maml_tf.figures --logdir LOGS --out DIR``.
+"""The paper's sinusoid figures, from trained runs: ``python -m maml_tf.paper.figures --logdir LOGS --out DIR``.
 
 Figure 2: for a few sinusoid tasks, the true curve, the K points used for the
 inner gradient steps, and the prediction before adaptation and after 1 and 10
@@ -9,7 +9,7 @@ Figure 3: mean squared error against the number of inner gradient steps, for
 K=5 and K=10, MAML against the pretrained model and the oracle, read from the
 runs' test CSVs (mean with its 95% confidence band).
 
-The runs are the sinusoid experiments of :mod:`maml_tf.experiments`, found under
+The runs are the sinusoid experiments of :mod:`maml_tf.paper.experiments`, found under
 LOGS/sine (``--budget``: LOGS/budget/sine) as ``reproduce/run.py`` leaves them.
 matplotlib is an optional dependency (``pip install matplotlib``).
 """
@@ -75,9 +75,9 @@ def adapt_predictions(model, x_support, y_support, x_grid, lr, steps=STEPS):
 
 def load_run_model(cfg, iteration=None):
     """The model of ``cfg``'s run, restored from model<iteration> (default: the newest)."""
-    from maml_tf.checkpoints import CheckpointManager
-    from maml_tf.results import latest_checkpoint_iteration
-    from maml_tf.train import build_model
+    from maml_tf.run.checkpoints import CheckpointManager
+    from maml_tf.paper.results import latest_checkpoint_iteration
+    from maml_tf.run.model import build_model
     itr = latest_checkpoint_iteration(cfg.exp_dir) if iteration is None else iteration
     if itr is None:
         raise FiguresError(f"no checkpoint in {cfg.exp_dir}")
@@ -175,7 +175,7 @@ def _save(fig, path):
 
 # ------------------------------------------------------------------------------ from runs
 def _run_config(name, logroot, budget):
-    from maml_tf.experiments import BY_NAME
+    from maml_tf.paper.experiments import BY_NAME
     e = BY_NAME[name]
     return e, e.config(budget=budget, test=True, logroot=logroot)
 
@@ -186,7 +186,7 @@ def _how_to_make(name, budget):
 
 def figure3_curves(logroot, budget=False):
     """{K: [(label, TestCSV, colour, style)]} from the test CSVs present; and the missing ones."""
-    from maml_tf.results import ResultsError, read_test_csv
+    from maml_tf.paper.results import ResultsError, read_test_csv
     curves, missing = {}, []
     for k in (5, 10):
         for kind, label, colour, style in FIG3_CURVES:
@@ -233,7 +233,7 @@ def make_figures(logroot, out_dir, budget=False, seed=0, rows=3, out=print):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m maml_tf.figures",
+    parser = argparse.ArgumentParser(prog="python -m maml_tf.paper.figures",
                                      description="The paper's Figures 2 and 3 (sinusoid) as PNG files.")
     parser.add_argument("--logdir", required=True, help="log root of reproduce/run.py (holds sine/ and budget/sine/)")
     parser.add_argument("--out", default="figures", help="folder for figure2.png and figure3.png")

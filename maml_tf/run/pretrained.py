@@ -11,11 +11,11 @@ A published model is a folder holding
 
 Use one with ``main.py --pretrained=NAME --train=False [--test_set=True]`` (the model's
 flags come from its manifest; flags given on the command line win), or export it with
-``python -m maml_tf.export --pretrained NAME --out DIR``.
+``python -m maml_tf.run.export --pretrained NAME --out DIR``.
 
-    python -m maml_tf.pretrained list                 # the published models and their results
-    python -m maml_tf.pretrained verify [NAME ...]    # check every file's sha256
-    python -m maml_tf.pretrained publish NAME --logdir LOGDIR [--test_iter I] [--note TEXT] <training flags>
+    python -m maml_tf.run.pretrained list                 # the published models and their results
+    python -m maml_tf.run.pretrained verify [NAME ...]    # check every file's sha256
+    python -m maml_tf.run.pretrained publish NAME --logdir LOGDIR [--test_iter I] [--note TEXT] <training flags>
         # make pretrained/NAME from a trained run (needs its test CSV, written by --train=False)
 """
 import csv
@@ -27,9 +27,9 @@ import subprocess
 import sys
 import time
 
-from maml_tf.config import UsageError
+from maml_tf.run.config import UsageError
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PRETRAINED_DIR = os.path.join(REPO_ROOT, "pretrained")
 WEIGHTS = "weights.npz"
 MANIFEST = "manifest.json"
@@ -122,16 +122,16 @@ def _commit():
 
 
 def _flag_line(values):
-    from maml_tf.experiments import shell_join
-    return shell_join(["python", "main.py"] + [f"--{k}={v}" for k, v in values.items()])
+    import shlex
+    return shlex.join(["python", "main.py"] + [f"--{k}={v}" for k, v in values.items()])
 
 
 def publish(name, cfg, test_iter=-1, note="", command=None):
     """Make ``pretrained/<name>`` from the run of ``cfg`` (its latest or --test_iter
     checkpoint, and the test CSV its --train=False wrote)."""
     import numpy as np
-    from maml_tf.checkpoints import CheckpointManager, iteration_of
-    from maml_tf.train import build_model
+    from maml_tf.run.checkpoints import CheckpointManager, iteration_of
+    from maml_tf.run.model import build_model
     model = build_model(dataclasses.replace(cfg, train=False))
     manager = CheckpointManager(cfg.exp_dir, model)
     path = manager.path_for(test_iter) if test_iter > 0 else manager.latest()
@@ -194,7 +194,7 @@ def main(argv=None):
         if verb == "publish":
             if not rest:
                 raise UsageError("publish needs a NAME")
-            from maml_tf.experiments import config_from_flags, parse_flags
+            from maml_tf.run.config import config_from_flags, parse_flags
             values, leftover = parse_flags(rest[1:], known=("test_iter", "note"))
             note = ""
             for a in list(leftover):

@@ -5,7 +5,7 @@ the original repository (``cbfinn_maml/``, unmodified) and ``run_original.py``, 
 runs it on TensorFlow 2 in graph mode and stands in for the three pieces of the removed
 ``tf.contrib`` it uses.  Nothing of it is copied here: this module imports it.
 
-    python -m maml_tf.original [--seed S] [--batch_norm unfused|fused] -- ORIGINAL FLAGS
+    python -m maml_tf.paper.original [--seed S] [--batch_norm unfused|fused] -- ORIGINAL FLAGS
 
 runs the original ``main.py`` with its own flags (any usage line of its README), like
 ``run_original.py`` but seeded: ``np.random``, ``random`` and TF's graph-level seed are
@@ -15,7 +15,7 @@ seeds numpy with 1 itself).  ``--batch_norm``: see :func:`install_unfused_batch_
 The batch norm.  ``run_original.py`` uses TensorFlow 2's fused kernel for 4-D inputs.
 Inside the original's ``tf.map_fn`` (a TF1 while loop) TensorFlow 2.x differentiates
 that kernel's gradient wrongly, so the original's second-order meta-gradients of the
-conv nets come out wrong (``python -m maml_tf.crosscheck --tf_check``).  The TensorFlow
+conv nets come out wrong (``python -m maml_tf.paper.crosscheck --tf_check``).  The TensorFlow
 the paper's code ran on (1.0-1.3; contrib's ``batch_norm`` defaulted to ``fused=False``
 until 1.4) normalised with ``tf.nn.moments`` (exact to every order up to TF 1.2) and
 ``tf.nn.batch_normalization``: ``batch_norm='unfused'`` (the default here) gives the
@@ -27,7 +27,7 @@ import random
 import runpy
 import sys
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_ORIGINAL = os.path.join(os.path.dirname(REPO_ROOT), "shared", "anchors", "original")
 BATCH_NORMS = ("unfused", "fused")
 
@@ -119,7 +119,7 @@ def run_main(argv, seed=None, original_dir=None, batch_norm="unfused"):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    p = argparse.ArgumentParser(prog="python -m maml_tf.original",
+    p = argparse.ArgumentParser(prog="python -m maml_tf.paper.original",
                                 description="Run the authors' main.py (seeded) on TensorFlow 2.")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--batch_norm", default="unfused", choices=BATCH_NORMS)

@@ -12,62 +12,18 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
-from maml_tf import autotune, methods
-from maml_tf.checkpoints import CheckpointManager
-from maml_tf.config import UsageError
-from maml_tf.distribute import Stepper, is_chief, make_strategy, worker_id
-from maml_tf.maml import configure_threads
-from maml_tf.networks import build_network
-from maml_tf.tasks import Prefetcher, Synchronous, make_task_source
+from maml_tf.run.model import build_model, network_spec
+from maml_tf.run.checkpoints import CheckpointManager
+from maml_tf.run.config import UsageError
+from maml_tf.run.distribute import Stepper, is_chief, make_strategy, worker_id
+from maml_tf.methods.maml import configure_threads
+from maml_tf.data.tasks import Prefetcher, Synchronous, make_task_source
 
 SUMMARY_INTERVAL = 100
 
 
 class NonFiniteError(RuntimeError):
     """A loss or meta-gradient became NaN/inf; the last good checkpoint is kept."""
-
-
-def network_spec(cfg):
-    """The network cbfinn/maml builds for these settings."""
-    return build_network(cfg.datasource, cfg.dim_input, cfg.dim_output, conv=cfg.conv,
-                         num_filters=cfg.num_filters, max_pool=cfg.max_pool, norm=cfg.norm)
-
-
-def input_shapes(cfg, meta_batch_size=None):
-    """Shapes of (inputa, labela, inputb, labelb) of one meta-batch."""
-    t = cfg.meta_batch_size if meta_batch_size is None else meta_batch_size
-    n = cfg.num_classes_per_task
-    nk, nq = n * cfg.update_batch_size, n * cfg.query_per_class
-    return [[t, nk, cfg.dim_input], [t, nk, cfg.dim_output], [t, nq, cfg.dim_input], [t, nq, cfg.dim_output]]
-
-
-def build_model(cfg, tune=False, out=None):
-    """The MAML model the original builds for these settings.
-
-    How the step runs (``task_mode``, XLA) is what ``--task_mode`` / ``--xla`` say; left
-    to 'auto', the fastest way on this machine when ``tune`` (measured once and cached:
-    :mod:`maml_tf.autotune`), else the usual default.  Every way computes the same.
-    """
-    spec = network_spec(cfg)
-    settings = dict(loss="xent" if cfg.classification else "mse",
-                    update_batch_size=cfg.update_batch_size, update_lr=cfg.update_lr,
-                    num_updates=cfg.num_updates, first_order=cfg.stop_grad, clip_value=cfg.clip_value)
-    task_mode = None if cfg.task_mode == "auto" else cfg.task_mode
-    if tune:
-        task_mode, jit = autotune.choose(spec, settings, input_shapes(cfg), task_mode, cfg.xla, out=out)
-    else:
-        mode, jit = autotune.static_choice(spec, tf)
-        task_mode, jit = task_mode or mode, jit if cfg.xla is None else cfg.xla
-    options = dict(lslr=cfg.lslr, msl_iterations=cfg.msl_iterations, bnwb=cfg.bnwb,
-                   ca_iterations=cfg.metatrain_iterations if cfg.cosine_annealing else 0,
-                   min_meta_lr=cfg.min_meta_lr, transductive=cfg.transductive)
-    if cfg.method == "anil":
-        options["nil_test"] = cfg.nil_test
-    if cfg.method == "reptile":
-        options.update(inner_optimizer=cfg.reptile_inner, anneal_iterations=cfg.metatrain_iterations)
-    return methods.make(cfg.method, spec, meta_lr=cfg.meta_lr, seed=cfg.seed, task_mode=task_mode,
-                        jit_compile=jit, engine=cfg.meta_gradient, **cfg.engine_options, **settings,
-                        **options)
 
 
 def _print_interval(cfg):
@@ -206,7 +162,7 @@ def train(cfg, out=print):
     source = make_task_source(cfg, "train", pool=cfg.task_pool)
     val_source = None
     if cfg.datasource != "sinusoid":
-        from maml_tf.image_data import ORIGINAL_EVAL_POOL
+        from maml_tf.data.image_data import ORIGINAL_EVAL_POOL
         val_source = make_task_source(cfg, "test" if cfg.test_set else "val", seed=cfg.seed + 1,
                                       pool=ORIGINAL_EVAL_POOL if cfg.task_pool else 0)
     _check_logdir(cfg.logdir)
@@ -218,7 +174,7 @@ def train(cfg, out=print):
     if cfg.init_checkpoint and not latest:
         _load_init_checkpoint(model, cfg, out)
     elif cfg.pretrained and not latest:
-        from maml_tf import pretrained
+        from maml_tf.run import pretrained
         manifest = pretrained.load_into(model, cfg.pretrained)
         out(f"Starting from the published model {manifest['name']}")
     if latest:
@@ -334,7 +290,7 @@ def _check_logdir(logdir):
 
 def _load_init_checkpoint(model, cfg, out):
     """Start from a checkpoint of the original TF1 code (--init_checkpoint)."""
-    from maml_tf.tf1_checkpoint import load_tf1_checkpoint
+    from maml_tf.run.tf1_checkpoint import load_tf1_checkpoint
     report = load_tf1_checkpoint(model, cfg.init_checkpoint)
     out(f"Loaded original TF1 checkpoint {cfg.init_checkpoint}: {report}")
 
@@ -391,7 +347,7 @@ def load_for_test(cfg, out=None):
     (--pretrained), an original TF1 checkpoint (--init_checkpoint), or the run's own
     checkpoint in --logdir (the latest, or --test_iter)."""
     if cfg.pretrained and not cfg.init_checkpoint:
-        from maml_tf import pretrained
+        from maml_tf.run import pretrained
         cfg = pretrained.configure(cfg)
         model = build_model(cfg)
         manifest = pretrained.load_into(model, cfg.pretrained)
@@ -447,7 +403,7 @@ def test(cfg, out=print):
 def run(cfg, out=print):
     """Validate ``cfg`` and train or test, as the original main()."""
     if cfg.pretrained:
-        from maml_tf import pretrained
+        from maml_tf.run import pretrained
         cfg = pretrained.configure(cfg)
     cfg = cfg.validate().resolved()
     if cfg.train:

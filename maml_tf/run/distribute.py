@@ -16,7 +16,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from maml_tf.config import UsageError
+from maml_tf.run.config import UsageError
 
 STRATEGIES = ("none", "mirrored", "multi_worker")
 

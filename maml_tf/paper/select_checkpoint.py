@@ -1,6 +1,6 @@
 """Model selection: evaluate every saved checkpoint of a run on the meta-validation set.
 
-    python -m maml_tf.select_checkpoint <the training command's main.py flags> \\
+    python -m maml_tf.paper.select_checkpoint <the training command's main.py flags> \\
         [--column=N] [--num_tasks=600] [--select_seed=2] [--split=val]
 
 Finds the run's folder from the flags (as ``main.py --train=False`` does),
@@ -28,7 +28,7 @@ import time
 
 import numpy as np
 
-from maml_tf.config import UsageError
+from maml_tf.run.config import UsageError
 
 SELECT_FLAGS = {"column": int, "num_tasks": int, "select_seed": int, "split": str}
 
@@ -58,9 +58,10 @@ def select_checkpoint(cfg, column=None, num_tasks=600, seed=2, split="val", out=
 
     ``cfg`` is a test-mode Config (train=False) whose exp_dir is the run's folder.
     """
-    from maml_tf.checkpoints import CheckpointManager
-    from maml_tf.results import checkpoint_iterations
-    from maml_tf.train import build_model, evaluate_tasks
+    from maml_tf.run.checkpoints import CheckpointManager
+    from maml_tf.paper.results import checkpoint_iterations
+    from maml_tf.run.train import evaluate_tasks
+    from maml_tf.run.model import build_model
 
     iterations = checkpoint_iterations(cfg.exp_dir)
     if not iterations:
@@ -107,7 +108,7 @@ def main(argv=None):
     if any(a in ("-h", "--help", "--helpfull") for a in argv):
         print(__doc__)
         return 0
-    from maml_tf.experiments import config_from_flags, parse_flags
+    from maml_tf.paper.experiments import config_from_flags, parse_flags
     try:
         values, rest = parse_flags(argv)
         opts = {"column": -1, "num_tasks": 600, "select_seed": 2, "split": "val"}

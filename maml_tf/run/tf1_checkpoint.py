@@ -23,7 +23,7 @@ A file may also hold variables the model has no use for (Adam slots
 ``moving_variance``, ``global_step``) when it was saved with a wider Saver; they
 are skipped and listed in the returned :class:`LoadReport`.  Any other variable
 the model does not have, a missing one, or a shape that does not fit is a
-:class:`~maml_tf.config.UsageError` whose message names the variable and the flag
+:class:`~maml_tf.run.config.UsageError` whose message names the variable and the flag
 to fix.  Nothing is assigned unless every variable fits.
 """
 import dataclasses
@@ -34,7 +34,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 import tensorflow as tf
 
-from maml_tf.config import UsageError
+from maml_tf.run.config import UsageError
 
 SCOPE = "model"
 
@@ -279,15 +279,15 @@ def describe(prefix) -> List[Tuple[str, Tuple[int, ...]]]:
 
 
 def main(argv=None):
-    """``python -m maml_tf.tf1_checkpoint PREFIX [main.py flags]``: list an original
+    """``python -m maml_tf.run.tf1_checkpoint PREFIX [main.py flags]``: list an original
     checkpoint's variables and, given the flags, check it against that model."""
     import sys
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: python -m maml_tf.tf1_checkpoint PREFIX [main.py flags, e.g. --datasource=miniimagenet "
+        print("usage: python -m maml_tf.run.tf1_checkpoint PREFIX [main.py flags, e.g. --datasource=miniimagenet "
               "--num_filters=32 --max_pool=True]")
         return 0 if argv else 2
-    from maml_tf.experiments import config_from_flags, parse_flags
+    from maml_tf.run.config import config_from_flags, parse_flags
     prefix, flag_args = argv[0], argv[1:]
     try:
         for name, shape in describe(prefix):
@@ -296,7 +296,7 @@ def main(argv=None):
             values, rest = parse_flags(flag_args)
             if rest:
                 raise UsageError(f"not main.py flags: {' '.join(rest)}")
-            from maml_tf.train import build_model
+            from maml_tf.run.model import build_model
             model = build_model(config_from_flags({**values, "train": False}))
             _, tensors = read_checkpoint(prefix)
             _, report = match_checkpoint(model.spec, tensors, prefix=prefix)

@@ -92,7 +92,7 @@ def _write_cache(data):
 
 def static_choice(spec, tf):
     """(task_mode, jit_compile) without measuring: what is usually fastest."""
-    from maml_tf.networks import grouped_conv_differentiable
+    from maml_tf.core.networks import grouped_conv_differentiable
     if spec.kind == "conv" and not tf.config.list_physical_devices("GPU") and not grouped_conv_differentiable():
         return "loop", False
     return "batched", spec.kind == "fc"
@@ -154,7 +154,7 @@ def choose(spec, settings, shapes, task_mode=None, jit_compile=None, out=None, s
 
 def measure(spec, settings, shapes, task_mode, jit_compile, steps=None):
     """Median seconds of one meta-training step of a fresh model on random data."""
-    from maml_tf.maml import MAML
+    from maml_tf.methods.maml import MAML
     import tensorflow as tf
     model = MAML(spec, task_mode=task_mode, jit_compile=jit_compile, **settings)
     rng = np.random.default_rng(0)

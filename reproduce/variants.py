@@ -1,0 +1,154 @@
+#!/usr/bin/env python
+"""Budget-length comparisons under one protocol: the meta-gradient engines, and the MAML family.
+
+    python reproduce/variants.py --table engines [--iterations 1000] [--logroot logs/variants]
+    python reproduce/variants.py --table methods [--iterations 1000 --iterations20 300]
+    python reproduce/variants.py --table methods --summary          # the table from what exists
+
+Every row trains with ``main.py`` on the same data, seed (0) and number of meta-training
+iterations, then tests with the original's protocol (``--train=False --test_set=True``:
+600 fixed meta-test tasks, meta-batch 1, the paper's column: 3 inner steps for Omniglot
+5-way, 5 for 20-way), and the table prints the accuracy with its 95% interval beside
+the published number of the row's own paper (full length: these are budget runs,
+marked as such).  Runs already trained or tested are not repeated.
+
+``engines``: Omniglot 5-way 1-shot, MAML's usage line with each ``--meta_gradient``
+(and DropGrad).  ``methods``: Omniglot 5-way and 20-way 1-shot with each ``--method``
+and MAML++ (every component on, with its paper's 5 inner steps of 0.1).  The
+hyperparameters each method's paper uses where they differ from MAML's are in ROWS.
+"""
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+from maml_tf.paper.experiments import python_main  # noqa: E402
+from maml_tf.run.config import config_from_flags  # noqa: E402
+
+BASE = {
+    "5w1s": dict(datasource="omniglot", meta_batch_size=32, update_batch_size=1, update_lr=0.4,
+                 num_updates=1, num_classes=5),
+    "20w1s": dict(datasource="omniglot", meta_batch_size=16, update_batch_size=1, num_classes=20,
+                  update_lr=0.1, num_updates=5),
+}
+# (name, {config: extra flags}, {config: (paper mean %, 95% interval or None, source)})
+ROWS = {
+    "engines": [
+        ("MAML, nested (the original's)", {"5w1s": {}}, {"5w1s": (98.7, 0.4, "Finn et al. 2017")}),
+        ("checkpointed (exact, bounded memory)", {"5w1s": dict(meta_gradient="checkpointed")},
+         {"5w1s": (98.7, 0.4, "= MAML")}),
+        ("truncated, k = 0 (first order)", {"5w1s": dict(meta_gradient="truncated", truncate_steps=0)},
+         {"5w1s": (98.3, 0.5, "first-order MAML, Finn et al.")}),
+        ("implicit (iMAML, lambda 2.5, 5 CG steps)", {"5w1s": dict(meta_gradient="implicit", imaml_lambda=2.5,
+                                                                    cg_steps=5)},
+         {"5w1s": (99.16, 0.35, "iMAML, Rajeswaran et al. 2019")}),
+        ("es (ES-MAML, 8 pairs, sigma 0.01)", {"5w1s": dict(meta_gradient="es", es_samples=8, es_sigma=0.01)},
+         {"5w1s": None}),
+        ("nested + DropGrad (Bernoulli 0.1)", {"5w1s": dict(dropgrad=0.1)}, {"5w1s": None}),
+    ],
+    "methods": [
+        ("MAML", {"5w1s": {}, "20w1s": {}},
+         {"5w1s": (98.7, 0.4, "Finn et al. 2017"), "20w1s": (95.8, 0.3, "Finn et al. 2017")}),
+        ("Meta-SGD", {"5w1s": dict(method="metasgd"), "20w1s": dict(method="metasgd")},
+         {"5w1s": (99.53, 0.26, "Li et al. 2017"), "20w1s": (95.93, 0.38, "Li et al. 2017")}),
+        ("ANIL", {"5w1s": dict(method="anil"), "20w1s": dict(method="anil")},
+         {"5w1s": None, "20w1s": None}),
+        ("Reptile (Adam inner, 5 steps of 0.001, outer 1.0 annealed, meta-batch 5)",
+         {c: dict(method="reptile", reptile_inner="adam", update_lr=0.001, num_updates=5, meta_lr=1.0,
+                  meta_batch_size=5) for c in ("5w1s", "20w1s")},
+         {"5w1s": (97.68, 0.04, "Nichol et al. 2018, transductive"),
+          "20w1s": (89.43, 0.14, "Nichol et al. 2018, transductive")}),
+        ("MAML++ (LSLR, MSL, BNWB, DA, CA; 5 steps of 0.1)",
+         {c: dict(lslr=True, bnwb=True, cosine_annealing=True, num_updates=5, update_lr=0.1,
+                  msl_iterations="10%", da_iterations="33%") for c in ("5w1s", "20w1s")},
+         {"5w1s": (99.47, None, "Antoniou et al. 2019"), "20w1s": (97.65, 0.05, "Antoniou et al. 2019")}),
+    ],
+}
+
+
+def flags_for(config, extra, iterations, logroot, data_dir):
+    values = dict(BASE[config], metatrain_iterations=iterations, logdir=os.path.join(logroot, config),
+                  data_dir=data_dir, seed=0)
+    for k, v in extra.items():  # fractions of the run's length (MAML++'s schedules)
+        values[k] = int(iterations * float(v[:-1]) / 100) if isinstance(v, str) and v.endswith("%") else v
+    return values
+
+
+def _cmd(values, *more):
+    return [*python_main(), *[f"--{k}={v}" for k, v in values.items()], *more]
+
+
+def run_row(config, extra, iterations, logroot, data_dir, log):
+    values = flags_for(config, extra, iterations, logroot, data_dir)
+    cfg = config_from_flags({**values, "train": False, "test_set": True})
+    csv_path = os.path.join(cfg.exp_dir, cfg.test_csv_stem + ".csv")
+    if os.path.exists(csv_path):
+        return cfg, csv_path
+    t0 = time.time()
+    for extra_flags in ([], ["--train=False", "--test_set=True"]):
+        cmd = _cmd(values, *extra_flags)
+        print("$ " + " ".join(cmd), flush=True)
+        with open(log, "a") as f:
+            r = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO)
+        if r.returncode != 0:
+            sys.exit(f"failed (exit {r.returncode}): see {log}")
+    with open(csv_path.replace(".csv", ".variant.json"), "w") as f:
+        json.dump({"flags": values, "seconds": time.time() - t0}, f)
+    return cfg, csv_path
+
+
+def read(cfg, csv_path):
+    with open(csv_path) as f:
+        rows = list(csv.reader(f))
+    col = cfg.reported_steps[-1]
+    return 100 * float(rows[1][col]), 100 * float(rows[3][col]), col
+
+
+def table(name, iterations, logroot, data_dir, run):
+    log = os.path.join(logroot, f"{name}.log")
+    os.makedirs(logroot, exist_ok=True)
+    lines = [f"| {name[:-1]} | config | meta-test accuracy (budget: {{it}} iterations) | paper (full length) |",
+             "|---|---|---|---|"]
+    for row, extras, papers in ROWS[name]:
+        for config, extra in extras.items():
+            its = iterations[config]
+            values = flags_for(config, extra, its, logroot, data_dir)
+            cfg = config_from_flags({**values, "train": False, "test_set": True})
+            csv_path = os.path.join(cfg.exp_dir, cfg.test_csv_stem + ".csv")
+            if run:
+                cfg, csv_path = run_row(config, extra, its, logroot, data_dir, log)
+            if os.path.exists(csv_path):
+                mean, ci, col = read(cfg, csv_path)
+                ours = f"{mean:.1f} +- {ci:.1f}% ({its} it., {col} steps)"
+            else:
+                ours = "not run"
+            paper = papers.get(config)
+            ptxt = "—" if paper is None else (f"{paper[0]}" + (f" +- {paper[1]}" if paper[1] else "")
+                                              + f"% ({paper[2]})")
+            lines.append(f"| {row} | Omniglot {config.replace('w', '-way ').replace('1s', '1-shot')} | {ours} | {ptxt} |")
+    lines[0] = lines[0].replace("{it}", "/".join(str(v) for v in sorted(set(iterations.values()))))
+    return "\n".join(lines)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--table", choices=sorted(ROWS), required=True)
+    p.add_argument("--iterations", type=int, default=1000, help="meta-training iterations (5-way)")
+    p.add_argument("--iterations20", type=int, default=300, help="meta-training iterations (20-way)")
+    p.add_argument("--logroot", default="logs/variants")
+    p.add_argument("--data_dir", default=os.path.join(REPO, "data"))
+    p.add_argument("--summary", action="store_true", help="only print the table of what exists")
+    args = p.parse_args()
+    iterations = {"5w1s": args.iterations, "20w1s": args.iterations20}
+    logroot = os.path.abspath(os.path.join(args.logroot, args.table))
+    print(table(args.table, iterations, logroot, args.data_dir, run=not args.summary))
+
+
+if __name__ == "__main__":
+    main()

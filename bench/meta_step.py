@@ -302,6 +302,8 @@ def compare(args):
         "ratio_median": med(ours, "sec_per_iter_median") / med(fastest, "sec_per_iter_median"),
         "ratio_peak_rss": max(x["peak_rss_mb"] for x in results[ours])
                           / max(x["peak_rss_mb"] for x in results[fastest]),
+        "path": f"{results[ours][0].get('tasks')}{'+xla' if results[ours][0].get('xla') else ''}",
+        "cpu": cpu_description(),
     }
     print(json.dumps(summary), flush=True)
     return summary

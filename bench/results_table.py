@@ -30,7 +30,11 @@ def main(paths):
                         rows.append(d)
     rows.sort(key=lambda d: (ORDER.index(d["config"]) if d["config"] in ORDER else 99,
                              d["first_order"]))
-    print("| config | order | maml-tf | anchors (median s/iter) | ours / fastest | "
+    cpus = sorted({f"{d['cpu']['model']} ({', '.join(d['cpu']['extensions'])}), {d['cpu']['cpus']} CPUs"
+                   for d in rows if "cpu" in d})
+    for c in cpus:
+        print(f"CPU: {c}\n")
+    print("| config | order | maml-tf (path) | anchors (median s/iter) | ours / fastest | "
           "first call | peak RSS MB ours / fastest anchor |")
     print("|---|---|---|---|---|---|---|")
     for d in rows:
@@ -38,7 +42,8 @@ def main(paths):
         anchors = ", ".join(f"{k} {fmt(v)}" for k, v in med.items() if k != "maml-tf")
         fastest = d["fastest_anchor"]
         rss = d["peak_rss_mb"]
-        print(f"| {d['config']} | {'1st' if d['first_order'] else '2nd'} | {fmt(med['maml-tf'])} | "
+        print(f"| {d['config']} | {'1st' if d['first_order'] else '2nd'} | {fmt(med['maml-tf'])} "
+              f"({d.get('path', '?')}) | "
               f"{anchors} | **{d['ratio_median']:.2f}** ({fastest}) | {d['compile_s']:.1f} s | "
               f"{rss['maml-tf']:.0f} / {rss[fastest]:.0f} |")
 

@@ -137,6 +137,44 @@ def summary(root, seeds):
     return out
 
 
+def figure(root, seeds, path):
+    """Figure 3's MAML curves, both codes: per K a panel of the mean (solid) and the median
+    (dotted) test MSE after 0..10 steps for every seed, log scale, diverged tasks counted
+    in the legend (the mean of a seed that diverges leaves the plot)."""
+    from maml_tf.paper.figures import pyplot
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(TESTS), figsize=(6 * len(TESTS), 4.5), squeeze=False)
+    colours = {"original": "tab:orange", "ours": "tab:green"}
+    for ax, k in zip(axes[0], sorted(TESTS)):
+        for side in ("original", "ours"):
+            for i, seed in enumerate(seeds):
+                p = pkl(os.path.join(root, side, f"seed{seed}"), k)
+                if not os.path.exists(p):
+                    continue
+                m = np.asarray(safe_pickle.load(p)["mses"], np.float64)
+                with np.errstate(invalid="ignore", over="ignore"):
+                    mean = m.mean(axis=0)
+                median = np.median(np.where(np.isnan(m), np.inf, m), axis=0)
+                gone = int((~(m[:, 10] <= DIVERGED)).sum())
+                name = "cbfinn/maml" if side == "original" else "maml-tf"
+                shade = 1.0 - 0.25 * i
+                ax.plot(np.arange(m.shape[1]), np.where(np.isfinite(mean) & (mean < 1e3), mean, np.nan),
+                        "-", color=colours[side], alpha=shade, marker="o", ms=3,
+                        label=f"{name} seed {seed}: mean ({gone} of {len(m)} diverge)")
+                ax.plot(np.arange(m.shape[1]), median, ":", color=colours[side], alpha=shade,
+                        label=f"{name} seed {seed}: median")
+        ax.set_yscale("log")
+        ax.set_title(f"MAML, K={k} at test (trained K=10, alpha 0.01)")
+        ax.set_xlabel("number of gradient steps")
+        ax.set_ylabel("MSE on 600 test tasks")
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    print(f"Wrote {path}")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -144,12 +182,16 @@ def main():
     p.add_argument("--logroot", default="logs/sine_vs_original")
     p.add_argument("--only", choices=["original", "ours"], default=None)
     p.add_argument("--summary", action="store_true", help="only summarise what exists")
+    p.add_argument("--figure", default=None, metavar="PNG",
+                   help="also draw both codes' MAML curves (mean and median per seed) into PNG")
     args = p.parse_args()
     root = os.path.abspath(args.logroot)
     if not args.summary:
         for seed in args.seeds:
             one_seed(seed, root, args.iterations, args.only)
     summary(root, args.seeds)
+    if args.figure:
+        figure(root, args.seeds, args.figure)
 
 
 if __name__ == "__main__":

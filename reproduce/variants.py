@@ -97,7 +97,8 @@ def run_row(config, extra, iterations, logroot, data_dir, log):
         with open(log, "a") as f:
             r = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO)
         if r.returncode != 0:
-            sys.exit(f"failed (exit {r.returncode}): see {log}")
+            print(f"failed (exit {r.returncode}): see {log}", flush=True)
+            return cfg, None
     with open(csv_path.replace(".csv", ".variant.json"), "w") as f:
         json.dump({"flags": values, "seconds": time.time() - t0}, f)
     return cfg, csv_path
@@ -110,7 +111,7 @@ def read(cfg, csv_path):
     return 100 * float(rows[1][col]), 100 * float(rows[3][col]), col
 
 
-def table(name, iterations, logroot, data_dir, run):
+def table(name, iterations, logroot, data_dir, run, configs=tuple(BASE)):
     log = os.path.join(logroot, f"{name}.log")
     os.makedirs(logroot, exist_ok=True)
     lines = [f"| {name[:-1]} | config | meta-test accuracy (budget: {{it}} iterations) | paper (full length) |",
@@ -121,9 +122,11 @@ def table(name, iterations, logroot, data_dir, run):
             values = flags_for(config, extra, its, logroot, data_dir)
             cfg = config_from_flags({**values, "train": False, "test_set": True})
             csv_path = os.path.join(cfg.exp_dir, cfg.test_csv_stem + ".csv")
-            if run:
+            if run and config in configs:
                 cfg, csv_path = run_row(config, extra, its, logroot, data_dir, log)
-            if os.path.exists(csv_path):
+            if csv_path is None:
+                ours = f"failed (see {log})"
+            elif os.path.exists(csv_path):
                 mean, ci, col = read(cfg, csv_path)
                 ours = f"{mean:.1f} +- {ci:.1f}% ({its} it., {col} steps)"
             else:
@@ -132,7 +135,8 @@ def table(name, iterations, logroot, data_dir, run):
             ptxt = "—" if paper is None else (f"{paper[0]}" + (f" +- {paper[1]}" if paper[1] else "")
                                               + f"% ({paper[2]})")
             lines.append(f"| {row} | Omniglot {config.replace('w', '-way ').replace('1s', '1-shot')} | {ours} | {ptxt} |")
-    lines[0] = lines[0].replace("{it}", "/".join(str(v) for v in sorted(set(iterations.values()))))
+    used = {c for _, extras, _ in ROWS[name] for c in extras}
+    lines[0] = lines[0].replace("{it}", "/".join(str(iterations[c]) for c in sorted(used)))
     return "\n".join(lines)
 
 
@@ -144,10 +148,13 @@ def main():
     p.add_argument("--logroot", default="logs/variants")
     p.add_argument("--data_dir", default=os.path.join(REPO, "data"))
     p.add_argument("--summary", action="store_true", help="only print the table of what exists")
+    p.add_argument("--configs", nargs="+", choices=sorted(BASE), default=sorted(BASE),
+                   help="train and test these configurations only (the others: what exists)")
     args = p.parse_args()
     iterations = {"5w1s": args.iterations, "20w1s": args.iterations20}
     logroot = os.path.abspath(os.path.join(args.logroot, args.table))
-    print(table(args.table, iterations, logroot, args.data_dir, run=not args.summary))
+    print(table(args.table, iterations, logroot, args.data_dir, run=not args.summary,
+                configs=args.configs))
 
 
 if __name__ == "__main__":

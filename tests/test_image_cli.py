@@ -61,7 +61,7 @@ def mini_layout(tmp_path_factory):
     return root.parent
 
 
-@pytest.mark.parametrize("shots", [1, 5])
+@pytest.mark.parametrize("shots", [1, pytest.param(5, marks=pytest.mark.slow)])  # 5-shot: pytest -m slow
 def test_miniimagenet_usage_lines_run_end_to_end(mini_layout, tmp_path, shots):
     args = MINI + [f"--update_batch_size={shots}", f"--data_dir={mini_layout}", f"--logdir={tmp_path}",
                    "--metatrain_iterations=3"]

@@ -368,7 +368,7 @@ def _normalize(spec, x, norm_params, scope, axes, ln_axes, tile=1, pool=False):
             # Per-task parameters [T, C] (Reptile adapts them) are the grouped layout's
             # [T*C] already; shared ones [C] are repeated for every task.
             def spread(p):
-                return tf.reshape(p, [-1]) if p.shape.rank == 2 else tf.tile(p, [tile])
+                return tf.reshape(p, [-1]) if len(p.shape) == 2 else tf.tile(p, [tile])
             beta = spread(beta)
             gamma = None if gamma is None else spread(gamma)
         if gamma is None:

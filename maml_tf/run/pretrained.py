@@ -15,7 +15,8 @@ flags come from its manifest; flags given on the command line win), or export it
 
     python -m maml_tf.run.pretrained list                 # the published models and their results
     python -m maml_tf.run.pretrained verify [NAME ...]    # check every file's sha256
-    python -m maml_tf.run.pretrained publish NAME --logdir LOGDIR [--test_iter I] [--note TEXT] <training flags>
+    python -m maml_tf.run.pretrained publish NAME --logdir LOGDIR [--test_iter I] [--note=TEXT]
+        [--command=TEXT] <training flags>
         # make pretrained/NAME from a trained run (needs its test CSV, written by --train=False)
 """
 import csv
@@ -195,17 +196,18 @@ def main(argv=None):
             if not rest:
                 raise UsageError("publish needs a NAME")
             from maml_tf.run.config import config_from_flags, parse_flags
-            values, leftover = parse_flags(rest[1:], known=("test_iter", "note"))
-            note = ""
+            values, leftover = parse_flags(rest[1:], known=("test_iter", "note", "command"))
+            texts = {"note": "", "command": None}
             for a in list(leftover):
-                if a.startswith("--note="):
-                    note = a.split("=", 1)[1]
-                    leftover.remove(a)
+                for key in texts:
+                    if a.startswith(f"--{key}="):
+                        texts[key] = a.split("=", 1)[1]
+                        leftover.remove(a)
             if leftover:
                 raise UsageError(f"not a main.py flag: {' '.join(leftover)}")
             test_iter = int(values.pop("test_iter", -1))
             cfg = config_from_flags({**values, "test_set": values.get("test_set", True)})
-            folder, m = publish(rest[0], cfg, test_iter, note)
+            folder, m = publish(rest[0], cfg, test_iter, texts["note"], texts["command"])
             print(f"Published {folder}: {m['test']['mean']:.4f} +- {m['test']['ci95']:.4f} ({m['test']['column']})")
             return 0
         raise UsageError(f"unknown verb {verb!r}: use list, verify or publish")

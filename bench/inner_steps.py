@@ -4,7 +4,7 @@
     python bench/inner_steps.py --config mini5w1s --engine checkpointed --steps 20 [--first_order]
     python bench/inner_steps.py --config mini5w1s --sweep [--steps_list 1 5 10 20 50]
                                 [--engines nested checkpointed implicit] [--max_rss_gb 20]
-                                [--out docs/inner_steps]
+                                [--out docs/inner_steps] [--reuse earlier.jsonl]
 
 One run: the training step of ``config`` (bench/meta_step.py's configurations, their
 data drawn as there) with ``--num_updates=STEPS`` and ``--meta_gradient=ENGINE``, timed as
@@ -73,8 +73,18 @@ def sweep(args):
     runs = [(e, s, False) for e in args.engines for s in args.steps_list]
     runs += [("nested", s, True) for s in args.steps_list]  # first order, for reference
     results = []
+    reuse = []
+    if args.reuse:  # earlier runs' JSON lines (same machine): taken instead of running again
+        with open(args.reuse) as f:
+            reuse = [json.loads(l) for l in f if l.startswith("{")]
     for engine, steps, fo in runs:
         label = f"{engine}{' (first order)' if fo else ''}"
+        old = next((r for r in reuse if r.get("engine") == engine and r.get("steps") == steps
+                    and bool(r.get("first_order")) == fo and "sec_per_iter_median" in r), None)
+        if old is not None:
+            results.append(dict(old, label=label))
+            print(json.dumps(results[-1]), flush=True)
+            continue
         done = [r for r in results if r["label"] == label]
         if len(done) >= 2:  # extrapolate the peak linearly in the steps from the last two
             a, b = done[-2], done[-1]
@@ -168,6 +178,8 @@ def main():
     ap.add_argument("--engines", nargs="+", default=["nested", "checkpointed", "implicit"])
     ap.add_argument("--max_rss_gb", type=float, default=20.0)
     ap.add_argument("--out", default=str(REPO / "docs" / "inner_steps"))
+    ap.add_argument("--reuse", default=None, metavar="JSONL",
+                    help="JSON lines of earlier runs on this machine to take instead of running them again")
     args = ap.parse_args()
     if args.sweep:
         sweep(args)

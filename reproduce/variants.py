@@ -41,7 +41,8 @@ BASE = {
 ROWS = {
     "engines": [
         ("MAML, nested (the original's)", {"5w1s": {}}, {"5w1s": (98.7, 0.4, "Finn et al. 2017")}),
-        ("checkpointed (exact, bounded memory)", {"5w1s": dict(meta_gradient="checkpointed")},
+        ("checkpointed (exact, bounded memory)", {"5w1s": dict(meta_gradient="checkpointed",
+                                                               _folder="checkpointed")},
          {"5w1s": (98.7, 0.4, "= MAML")}),
         ("truncated, k = 0 (first order)", {"5w1s": dict(meta_gradient="truncated", truncate_steps=0)},
          {"5w1s": (98.3, 0.5, "first-order MAML, Finn et al.")}),
@@ -73,7 +74,12 @@ ROWS = {
 
 
 def flags_for(config, extra, iterations, logroot, data_dir):
-    values = dict(BASE[config], metatrain_iterations=iterations, logdir=os.path.join(logroot, config),
+    """main.py's flags for a row.  ``_folder``: a log folder of the row's own, for a variant
+    whose run folder is MAML's (checkpointed computes the same numbers, so main.py gives it
+    the same name: the table must train it separately)."""
+    extra = dict(extra)
+    folder = config + ("-" + extra.pop("_folder") if "_folder" in extra else "")
+    values = dict(BASE[config], metatrain_iterations=iterations, logdir=os.path.join(logroot, folder),
                   data_dir=data_dir, seed=0)
     for k, v in extra.items():  # fractions of the run's length (MAML++'s schedules)
         values[k] = int(iterations * float(v[:-1]) / 100) if isinstance(v, str) and v.endswith("%") else v

@@ -91,3 +91,40 @@ def test_figures_cli(tmp_path):
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert (tmp_path / "out" / "figure2.png").exists() and (tmp_path / "out" / "figure3.png").exists()
+
+
+def test_figure3_with_the_original_codes_curves(tmp_path):
+    """--original adds the authors' code's MAML curves (its test CSV) and both codes'
+    medians (their test .pkl), the diverging tasks counted in the labels."""
+    import pickle
+    pytest.importorskip("matplotlib")
+    root = tmp_path / "logs"
+    shutil.copytree(sinusoid_logroot(), root)
+    rng = np.random.default_rng(0)
+    orig = tmp_path / "original" / "cls_5.mbs_25.ubs_10.numstep1.updatelr0.01nonorm"
+    orig.mkdir(parents=True)
+    for k in (5, 10):
+        m = rng.uniform(0.1, 2.0, (20, 11))
+        m[3, 4:] = [30.0, 1e3, 1e6, np.inf, np.nan, np.nan, np.nan]  # one task diverges
+        with np.errstate(invalid="ignore"):
+            rows = [m.mean(0), m.std(0), 1.96 * m.std(0) / np.sqrt(20)]
+        with open(orig / f"test_ubs{k}_stepsize0.01.csv", "w") as f:
+            f.write(",".join(f"update{i}" for i in range(11)) + "\n")
+            f.writelines(",".join(str(v) for v in r) + "\n" for r in rows)
+        with open(orig / f"test_ubs{k}_stepsize0.01.pkl", "wb") as f:
+            pickle.dump({"mses": m}, f)
+    curves, missing = figures.figure3_curves(str(root), budget=True, original=str(tmp_path / "original"))
+    assert missing == []
+    label, data, _, _, medians = curves[5][-1]
+    assert label == "MAML (cbfinn/maml) (1 of 20 diverge)"
+    m_nan_as_inf = np.where(np.isnan(m), np.inf, m)  # the K=10 draw; check K=10's curve
+    np.testing.assert_allclose(curves[10][-1][4], np.median(m_nan_as_inf, axis=0))
+    assert curves[5][0][0].startswith("MAML (ours) (") and curves[5][0][4] is not None  # ours: its .pkl
+    written = figures.make_figures(str(root), str(tmp_path / "figs"), budget=True, rows=1,
+                                   out=lambda *a: None, original=str(tmp_path / "original"))
+    assert _png_size(written[0]) == (1000, 400)
+    # a folder without the original's tests is named, and the figure still drawn
+    lines = []
+    figures.make_figures(str(root), str(tmp_path / "figs2"), budget=True, rows=1, out=lines.append,
+                         original=str(tmp_path / "nothing"))
+    assert any(l.startswith("Figure 3: missing the original's K=5 test") for l in lines), lines

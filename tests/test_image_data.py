@@ -228,6 +228,15 @@ def test_task_pool_is_the_originals_cycled_list():
     fresh = EpisodeSampler(images, 3, 1, 1, seed=7, meta_batch_size=2)
     with pytest.raises(DataError, match="this sampler's is"):
         fresh.set_state(state)
+    # A state written before the package layout (module maml_tf.image_data) resumes alike.
+    old = json.loads(state)
+    assert old["format"] == "maml_tf.data.image_data.EpisodeSampler/pool/1"
+    old["format"] = "maml_tf.image_data.EpisodeSampler/pool/1"
+    s3 = EpisodeSampler(images, 3, 1, 1, rotate=True, invert=True, seed=7, pool_size=5,
+                        meta_batch_size=2)
+    s3.set_state(json.dumps(old))
+    for a, b in zip(nxt, s3.sample()):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_rot90_is_tf_image_rot90():

@@ -284,7 +284,13 @@ def checkpointed(problem, opts):
     if not opts.first_order:
         stop = 0 if opts.truncate_steps is None else problem.num_updates - opts.truncate_steps
         for k in reversed(range(stop, problem.num_updates)):
-            h, h_extra = _step_vjp(problem, thetas[k], extra, v, opts, k)
+            # A graph runs an op as soon as its inputs exist.  Step k's recomputation does
+            # not depend on v, so without this every step's would run at once, before the
+            # walk, and their activations would all be alive together: the memory of
+            # `nested`.  Starting it from v_{k+1} makes one step's activations at a time.
+            with tf.control_dependencies(tf.nest.flatten(v)):
+                at = {key: tf.identity(val) for key, val in thetas[k].items()}
+            h, h_extra = _step_vjp(problem, at, extra, v, opts, k)
             v = {key: v[key] - h[key] for key in v}
             g_extra = [ge - he for ge, he in zip(g_extra, h_extra)]
     return Result(loss, _pull_back(problem, v), g_extra, fast)

@@ -60,6 +60,10 @@ CACHE_VERSION = 1
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _STATE_FORMAT = "maml_tf.data.image_data.EpisodeSampler/1"  # fresh tasks
 _POOL_STATE_FORMAT = "maml_tf.data.image_data.EpisodeSampler/pool/1"
+# The same states as written before the package was split into layers (the module was
+# maml_tf.image_data): checkpoints of those versions resume unchanged.
+_LEGACY_FORMATS = {"maml_tf.image_data.EpisodeSampler/1": _STATE_FORMAT,
+                   "maml_tf.image_data.EpisodeSampler/pool/1": _POOL_STATE_FORMAT}
 ORIGINAL_TRAIN_POOL = 200000  # the original's make_data_tensor: num_total_batches (tasks)
 ORIGINAL_EVAL_POOL = 600      # ... for the metaval tensor
 
@@ -515,7 +519,7 @@ class EpisodeSampler:
         try:
             d = json.loads(state)
             expected = _POOL_STATE_FORMAT if self.pool_size else _STATE_FORMAT
-            if d.get("format") != expected:
+            if _LEGACY_FORMATS.get(d.get("format"), d.get("format")) != expected:
                 raise ValueError(f"format {d.get('format')!r}, this sampler's is {expected!r}")
             if self.pool_size and (d["pool_size"], d["pool_seed"]) != (self.pool_size, self.pool_seed):
                 raise ValueError(f"a pool of {d['pool_size']} tasks (seed {d['pool_seed']}), this "

@@ -638,6 +638,12 @@ def compare(job, work_dir):
                          str(sync[int(np.argmax(d))]), float(d[0]), ours["grad_ref"][:, j],
                          ok=None if key in skip else "judge", jump=jump))
     judged = [j for j, k in enumerate(keys) if k not in skip]
+    if (~jump).any():  # the summary of the rows above: every judged variable, steps without a jump
+        clean = np.flatnonzero(~jump)
+        d = ours["grad_err"][clean][:, judged].max(axis=1)
+        rows.append(_row("teacher-forced", "meta-gradient, steps without a jump", "gradient", d,
+                         str(sync[int(clean[np.argmax(d)])]), float(d[0]),
+                         ours["grad_ref"][clean][:, judged].max(axis=1)))
     d = ours["adam_err"][:, judged].max(axis=1)
     rows.append(_row("teacher-forced", "Adam update" + (" (biases before BN aside)" if skip else ""),
                      "adam", d, str(sync[int(np.argmax(d))]), float(d[0])))

@@ -9,6 +9,13 @@ Figure 3: mean squared error against the number of inner gradient steps, for
 K=5 and K=10, MAML against the pretrained model and the oracle, read from the
 runs' test CSVs (mean with its 95% confidence band).
 
+``--original DIR`` adds the authors' own code's MAML curves to Figure 3: DIR is the log
+folder of ``python -m maml_tf.paper.original`` (or of ``reproduce/sinusoid_original.py``,
+``LOGROOT/original/seedS``) after its sinusoid usage line with ``--update_lr=0.01`` and its
+two tests (K=10; ``--update_batch_size=5 --train_update_batch_size=10``).  Where the test
+``.pkl`` is there, the medians of both codes' MAML curves are drawn too (dotted), and the
+legend counts the tasks that diverge (MSE after 10 steps not finite or above 25).
+
 The runs are the sinusoid experiments of :mod:`maml_tf.paper.experiments`, found under
 LOGS/sine (``--budget``: LOGS/budget/sine) as ``reproduce/run.py`` leaves them.
 matplotlib is an optional dependency (``pip install matplotlib``).
@@ -138,10 +145,12 @@ def figure3(curves, path):
     for ax, k in zip(axes[0], ks):
         # The y range follows the pre-update / first-step errors, as the paper's plot;
         # a mean beyond it (a few test tasks diverging) is marked at the top edge.
-        firsts = [v for _, d, _, _ in curves[k] for v in d.means[:2] if np.isfinite(v)]
+        firsts = [v for _, d, *_ in curves[k] for v in d.means[:2] if np.isfinite(v)]
         top = 1.15 * max(firsts) if firsts else None
-        for label, data, colour, style in curves[k]:
+        for label, data, colour, style, *medians in curves[k]:
             steps = np.arange(len(data.means))
+            if medians and medians[0] is not None:
+                ax.plot(steps, medians[0], ":", color=colour, lw=1, label=f"{label.split(' (')[0]}: median")
             means, ci95 = np.array(data.means, dtype=float), np.array(data.ci95, dtype=float)
             if "oracle" in label:
                 # The oracle gets amplitude and phase as inputs and is not fine-tuned:
@@ -184,8 +193,24 @@ def _how_to_make(name, budget):
     return f"python reproduce/run.py --experiment {name}" + (" --budget" if budget else "")
 
 
-def figure3_curves(logroot, budget=False):
-    """{K: [(label, TestCSV, colour, style)]} from the test CSVs present; and the missing ones."""
+DIVERGED = 25.0  # MSE after 10 steps above this (or not finite): the task diverged
+
+
+def _median_label(csv_path, label):
+    """The medians per step of a test's .pkl beside ``csv_path`` (None if absent) and
+    ``label`` with the number of diverging tasks."""
+    pkl = csv_path[:-len(".csv")] + ".pkl"
+    if not os.path.isfile(pkl):
+        return None, label
+    from maml_tf.data import safe_pickle
+    m = np.asarray(safe_pickle.load(pkl)["mses"], np.float64)
+    gone = int((~(m[:, -1] <= DIVERGED)).sum())
+    return np.median(np.where(np.isnan(m), np.inf, m), axis=0), f"{label} ({gone} of {len(m)} diverge)"
+
+
+def figure3_curves(logroot, budget=False, original=None):
+    """{K: [(label, TestCSV, colour, style[, medians])]} from the test CSVs present; and the
+    missing ones.  ``original``: the authors' code's sinusoid log folder (its MAML curves)."""
     from maml_tf.paper.results import ResultsError, read_test_csv
     curves, missing = {}, []
     for k in (5, 10):
@@ -198,22 +223,38 @@ def figure3_curves(logroot, budget=False):
             except ResultsError:
                 missing.append(name)
                 continue
-            curves.setdefault(k, []).append((label.format(lr=cfg.update_lr), data, colour, style))
+            label = label.format(lr=cfg.update_lr)
+            if original is None or kind != "maml":
+                curves.setdefault(k, []).append((label, data, colour, style))
+                continue
+            medians, label = _median_label(path, label)
+            curves.setdefault(k, []).append((label, data, colour, style, medians))
+        if original is not None:
+            exp = "cls_5.mbs_25.ubs_10.numstep1.updatelr0.01nonorm"  # the original's folder name
+            path = os.path.join(original, exp, f"test_ubs{k}_stepsize0.01.csv")
+            try:
+                data = read_test_csv(path)
+            except ResultsError:
+                missing.append(f"the original's K={k} test ({path})")
+                continue
+            medians, label = _median_label(path, "MAML (cbfinn/maml)")
+            curves.setdefault(k, []).append((label, data, "tab:orange", "-.", medians))
     return curves, missing
 
 
-def make_figures(logroot, out_dir, budget=False, seed=0, rows=3, out=print):
+def make_figures(logroot, out_dir, budget=False, seed=0, rows=3, out=print, original=None):
     """Write figure2.png and figure3.png into ``out_dir`` from the sinusoid runs under
     ``logroot``; returns the paths written.  A figure whose runs are all missing is an
     error; missing parts are reported through ``out``."""
     pyplot()  # fail first, and clearly, without matplotlib
     written = []
-    curves, missing = figure3_curves(logroot, budget)
+    curves, missing = figure3_curves(logroot, budget, original)
     if not curves:
         raise FiguresError(f"no sinusoid test CSVs under {logroot}{'/budget' if budget else ''}/sine: run "
                            f"{_how_to_make('sinusoid-*', budget)} first")
     for name in missing:
-        out(f"Figure 3: no test CSV for {name} (make it with: {_how_to_make(name, budget)})")
+        out(f"Figure 3: missing {name}" if name.startswith("the original") else
+            f"Figure 3: no test CSV for {name} (make it with: {_how_to_make(name, budget)})")
     written.append(figure3(curves, os.path.join(out_dir, "figure3.png")))
     panels = []
     for name, title in FIG2_PANELS:
@@ -240,9 +281,11 @@ def main(argv=None):
     parser.add_argument("--budget", action="store_true", help="use the budget-length runs (LOGDIR/budget/sine)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the Figure 2 tasks")
     parser.add_argument("--rows", type=int, default=3, help="number of tasks (rows) in Figure 2")
+    parser.add_argument("--original", default=None, metavar="DIR",
+                        help="log folder of the authors' code's sinusoid run: its MAML curves in Figure 3")
     args = parser.parse_args(argv)
     try:
-        make_figures(args.logdir, args.out, args.budget, args.seed, args.rows)
+        make_figures(args.logdir, args.out, args.budget, args.seed, args.rows, original=args.original)
     except FiguresError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -158,7 +158,8 @@ def figure3(curves, path):
                 means, ci95 = np.full_like(means, means[0]), np.full_like(ci95, ci95[0])
             ax.plot(steps, np.where(np.isfinite(means), means, np.nan), style, color=colour,
                     marker="o", ms=3, label=label)
-            ax.fill_between(steps, means - ci95, means + ci95, color=colour, alpha=0.2)
+            shown = np.isfinite(means) & (means <= (np.inf if top is None else top))  # bands on scale
+            ax.fill_between(steps, means - ci95, means + ci95, where=shown, color=colour, alpha=0.2)
             if top is not None:
                 off = ~(np.isfinite(means) & (means <= top))
                 if off.any():
@@ -168,7 +169,7 @@ def figure3(curves, path):
         ax.set_xlabel("number of gradient steps")
         ax.set_ylabel("mean squared error")
         ax.set_ylim(0, top)
-        ax.legend()
+        ax.legend(fontsize=6, loc="upper right", framealpha=0.6)
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)

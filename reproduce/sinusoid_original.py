@@ -33,9 +33,8 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
-from maml_tf.data import safe_pickle  # noqa: E402  (test .pkl files: numpy only, no code)
+from maml_tf.paper.figures import diverged, medians, read_mses  # noqa: E402  (test .pkl files: numpy only)
 EXP = "cls_5.mbs_25.ubs_10.numstep1.updatelr0.01nonorm"
-DIVERGED = 25.0  # MSE after 10 steps above this: worse than predicting 0 for any task
 
 
 def flags(logdir, iterations):
@@ -87,13 +86,12 @@ def one_seed(seed, root, iterations, only):
 
 
 def stats(path):
-    m = np.asarray(safe_pickle.load(path)["mses"], np.float64)
+    m = read_mses(path)
     with np.errstate(invalid="ignore", over="ignore"):
         return {"mean": [float(m[:, j].mean()) for j in (1, 5, 10)],
                 "ci95": [float(1.96 * m[:, j].std() / np.sqrt(len(m))) for j in (1, 5, 10)],
-                "median": [float(np.median(np.where(np.isnan(m[:, j]), np.inf, m[:, j]))) for j in (1, 5, 10)],
-                # not finite, or above 25: worse than predicting 0 for any task of the family
-                "diverged": int((~(m[:, 10] <= DIVERGED)).sum()), "tasks": int(len(m))}
+                "median": [float(medians(m)[j]) for j in (1, 5, 10)],
+                "diverged": int(diverged(m).sum()), "tasks": int(len(m))}
 
 
 def summary(root, seeds):
@@ -108,17 +106,16 @@ def summary(root, seeds):
             a = pkl(os.path.join(root, "original", f"seed{seed}"), k)
             b = pkl(os.path.join(root, "ours_on_original", f"seed{seed}"), k)
             if os.path.exists(a) and os.path.exists(b):
-                ma = np.asarray(safe_pickle.load(a)["mses"], np.float64)
-                mb = np.asarray(safe_pickle.load(b)["mses"], np.float64)
+                ma, mb = read_mses(a), read_mses(b)
                 with np.errstate(invalid="ignore", over="ignore"):
                     rel = np.abs(ma - mb) / np.maximum(np.abs(ma), 1e-12)
-                finite = ma[:, 10] <= DIVERGED
+                finite = ~diverged(ma)
                 both_gone = ~np.isfinite(ma) & ~np.isfinite(mb)  # diverged in both (inf / nan)
                 rel = np.where(both_gone, 0.0, rel)
                 out["cross"][f"seed{seed}/K{k}"] = {
                     "max_rel_diff_all_steps": float(rel.max()),
                     "max_rel_diff_non_diverged": float(rel[finite].max()) if finite.any() else None,
-                    "same_diverged_tasks": bool(((ma[:, 10] <= DIVERGED) == (mb[:, 10] <= DIVERGED)).all())}
+                    "same_diverged_tasks": bool((diverged(ma) == diverged(mb)).all())}
     with open(os.path.join(root, "summary.json"), "w") as f:
         json.dump(out, f, indent=1)
     lines = ["| code | seed | K | 1 step | 5 steps | 10 steps | median 1 / 5 / 10 | diverged (of 600) |",
@@ -151,11 +148,11 @@ def figure(root, seeds, path):
                 p = pkl(os.path.join(root, side, f"seed{seed}"), k)
                 if not os.path.exists(p):
                     continue
-                m = np.asarray(safe_pickle.load(p)["mses"], np.float64)
+                m = read_mses(p)
                 with np.errstate(invalid="ignore", over="ignore"):
                     mean = m.mean(axis=0)
-                median = np.median(np.where(np.isnan(m), np.inf, m), axis=0)
-                gone = int((~(m[:, 10] <= DIVERGED)).sum())
+                median = medians(m)
+                gone = int(diverged(m).sum())
                 name = "cbfinn/maml" if side == "original" else "maml-tf"
                 shade = 1.0 - 0.25 * i
                 ax.plot(np.arange(m.shape[1]), np.where(np.isfinite(mean) & (mean < 1e3), mean, np.nan),

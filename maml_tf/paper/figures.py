@@ -194,7 +194,23 @@ def _how_to_make(name, budget):
     return f"python reproduce/run.py --experiment {name}" + (" --budget" if budget else "")
 
 
-DIVERGED = 25.0  # MSE after 10 steps above this (or not finite): the task diverged
+DIVERGED = 25.0  # MSE after the last step above this (or not finite): worse than predicting 0
+
+
+def read_mses(pkl):
+    """[tasks, steps] per-task MSEs of a sinusoid test's .pkl (read without running code)."""
+    from maml_tf.data import safe_pickle
+    return np.asarray(safe_pickle.load(pkl)["mses"], np.float64)
+
+
+def diverged(m):
+    """Per task: its MSE after the last step is not finite or above DIVERGED."""
+    return ~(m[:, -1] <= DIVERGED)
+
+
+def medians(m):
+    """Per-step medians over tasks, a NaN (a diverged task) counted as +inf."""
+    return np.median(np.where(np.isnan(m), np.inf, m), axis=0)
 
 
 def _median_label(csv_path, label):
@@ -203,10 +219,8 @@ def _median_label(csv_path, label):
     pkl = csv_path[:-len(".csv")] + ".pkl"
     if not os.path.isfile(pkl):
         return None, label
-    from maml_tf.data import safe_pickle
-    m = np.asarray(safe_pickle.load(pkl)["mses"], np.float64)
-    gone = int((~(m[:, -1] <= DIVERGED)).sum())
-    return np.median(np.where(np.isnan(m), np.inf, m), axis=0), f"{label} ({gone} of {len(m)} diverge)"
+    m = read_mses(pkl)
+    return medians(m), f"{label} ({int(diverged(m).sum())} of {len(m)} diverge)"
 
 
 def figure3_curves(logroot, budget=False, original=None):

@@ -112,6 +112,25 @@ def test_checkpointed_equals_nested_batched(name, dtype, tol):
     grads_close(gb, ga, tol)
 
 
+
+@pytest.mark.parametrize("engine", ["checkpointed", "implicit", "es"])
+def test_loop_engines_graph_does_not_grow_with_steps(engine):
+    """Engines that do not record the inner loop for an outer tape build it (and the
+    checkpointed walk) as one tf.while_loop: the traced graph of the training step is
+    the same size for 2 and 6 inner steps (unrolled it grew with every step, and so did
+    the memory to build and optimise it), and still holds the right values (checked
+    against nested tapes in the tests above)."""
+    def ops(n):
+        spec = NETS["conv_bn"]()
+        m = MAML(spec, loss="xent", update_batch_size=2, update_lr=0.1, num_updates=n, seed=4,
+                 dtype=tf.float64, engine=engine, es_samples=2)
+        batch = [tf.constant(x) for x in batched_data(m)]
+        graph = tf.function(m.meta_gradients).get_concrete_function(*batch).graph
+        kinds = [op.type for op in graph.get_operations()]
+        assert "While" in kinds or "StatelessWhile" in kinds
+        return len(kinds)
+    assert ops(2) == ops(6)
+
 def test_truncated_limits_and_hand_written_product():
     spec, w, fwd, support, query, loss_fn, lr = setup("conv_bn")
     n = 3

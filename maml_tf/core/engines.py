@@ -114,7 +114,10 @@ class Problem:
     size of that parameter at step k (a tensor broadcast against it: Meta-SGD, MAML++'s
     per-step rates, 0 for a parameter the inner loop leaves alone as ANIL's body);
     ``expand``: theta -> the inner loop's starting fast weights (per-task copies, or
-    theta itself); ``task_dot(a, b)``: inner product per task of two fast-weight dicts."""
+    theta itself); ``task_dot(a, b)``: inner product per task of two fast-weight dicts;
+    ``step_dependent``: ``inner_loss`` / ``update_lr`` index per-step parameters with a
+    Python int k (MAML++'s per-step rates and batch-norm sets), so the engines' loops
+    are unrolled; otherwise k may be a tensor and they run as ``tf.while_loop``."""
     theta: Dict[str, tf.Tensor]
     inner_loss: Callable
     outer_loss: Callable
@@ -123,6 +126,7 @@ class Problem:
     extra: List = dataclasses.field(default_factory=list)
     expand: Callable = None
     task_dot: Callable = None
+    step_dependent: bool = False
 
     def __post_init__(self):
         if not callable(self.update_lr):
@@ -155,7 +159,7 @@ def dropgrad_mask(grads, opts, k):
     step = tf.cast(opts.step, tf.int64)
     for i, key in enumerate(sorted(grads)):
         g = grads[key]
-        seed = tf.stack([tf.constant(opts.seed, tf.int64), step * 1000003 + k * 1009 + i])
+        seed = tf.stack([tf.constant(opts.seed, tf.int64), step * 1000003 + tf.cast(k, tf.int64) * 1009 + i])
         if opts.dropgrad_type == "bernoulli":
             keep = tf.random.stateless_uniform(tf.shape(g), seed, dtype=g.dtype) >= opts.dropgrad
             out[key] = tf.cast(keep, g.dtype) / (1.0 - opts.dropgrad)
@@ -200,6 +204,47 @@ def inner_step(problem, fast, extra, opts, k, outer_tape=None, first_order=False
         lam, anchor = proximal
         grads = {key: grads[key] + lam * (fast[key] - anchor[key]) for key in grads}
     return loss, {key: fast[key] - problem.update_lr(key, k) * grads[key] for key in fast}
+
+
+# ------------------------------------------------------------------ inner loops as loops
+# Every engine but ``nested`` runs the inner loop without recording it for an outer
+# backward pass, so its n steps need not be n copies of the step in the graph: a
+# ``tf.while_loop`` holds one step's graph whatever n.  That matters for memory: unrolled,
+# a 50-step mini5w1s graph (forward, backward and the walk's double backward per step)
+# costs more memory to build and optimise than the activations the walk saves (the
+# peak grew ~60 MB per step).  ``parallel_iterations=1``: one step's activations at a
+# time.  Problems whose steps read per-step parameters by a Python index
+# (``step_dependent``) are unrolled as before.
+def _loops(problem):
+    return not problem.step_dependent and problem.num_updates > 0
+
+
+def inner_loop(problem, fast, extra, opts, proximal=None, keep=False):
+    """theta_n from ``fast`` = theta_0 by the n inner steps, their gradients constants
+    (``first_order``); with ``keep`` also ``at(k)`` -> theta_k for k = 0..n."""
+    n = problem.num_updates
+    if not _loops(problem):
+        kept = [fast]
+        for k in range(n):
+            _, fast = inner_step(problem, fast, extra, opts, k, first_order=True, proximal=proximal)
+            kept.append(fast)
+        return (fast, kept.__getitem__) if keep else fast
+    keys = sorted(fast)
+    tas = {}
+    if keep:
+        tas = {key: tf.TensorArray(fast[key].dtype, size=n + 1, element_shape=fast[key].shape,
+                                   clear_after_read=False).write(0, fast[key]) for key in keys}
+
+    def body(k, fast, tas):
+        _, new = inner_step(problem, fast, extra, opts, k, first_order=True, proximal=proximal)
+        new = {key: tf.ensure_shape(new[key], fast[key].shape) for key in keys}
+        return k + 1, new, {key: ta.write(k + 1, new[key]) for key, ta in tas.items()}
+
+    _, fast, tas = tf.while_loop(lambda k, *_: k < n, body, (tf.constant(0), dict(fast), tas),
+                                 parallel_iterations=1)
+    if not keep:
+        return fast
+    return fast, lambda k: {key: tas[key].read(k) for key in keys}
 
 
 def _watch_all(tape, problem, extra):
@@ -274,26 +319,31 @@ def checkpointed(problem, opts):
     step sizes), and extra's meta-gradient along (its effect on step k's gradient and
     on the step sizes)."""
     extra = list(problem.extra)
-    fast = problem.expand(problem.theta)
-    thetas = [fast]
-    for k in range(problem.num_updates):
-        _, fast = inner_step(problem, fast, extra, opts, k, first_order=True)
-        thetas.append(fast)
+    fast, at_step = inner_loop(problem, problem.expand(problem.theta), extra, opts, keep=True)
     loss, v, g_extra = _outer_gradient(problem, fast, extra)
     g_extra = list(g_extra)
-    if not opts.first_order:
-        stop = 0 if opts.truncate_steps is None else problem.num_updates - opts.truncate_steps
-        for k in reversed(range(stop, problem.num_updates)):
-            # A graph runs an op as soon as its inputs exist.  Step k's recomputation does
-            # not depend on v, so without this every step's would run at once, before the
-            # walk, and their activations would all be alive together: the memory of
-            # `nested`.  Starting it from v_{k+1} makes one step's activations at a time.
-            with tf.control_dependencies(tf.nest.flatten(v)):
-                at = {key: tf.identity(val) for key, val in thetas[k].items()}
-            h, h_extra = _step_vjp(problem, at, extra, v, opts, k)
-            v = {key: v[key] - h[key] for key in v}
-            g_extra = [ge - he for ge, he in zip(g_extra, h_extra)]
-    return Result(loss, _pull_back(problem, v), g_extra, fast)
+    if opts.first_order:
+        return Result(loss, _pull_back(problem, v), g_extra, fast)
+    n = problem.num_updates
+    stop = 0 if opts.truncate_steps is None else n - opts.truncate_steps
+
+    def walk(k, v, g_extra):
+        # A graph runs an op as soon as its inputs exist.  Step k's recomputation does
+        # not depend on v, so without this it could run before the walk reaches it (every
+        # step's at once, unrolled): starting it from v_{k+1} makes one step's activations
+        # alive at a time.
+        with tf.control_dependencies(tf.nest.flatten(v)):
+            at = {key: tf.identity(val) for key, val in at_step(k).items()}
+        h, h_extra = _step_vjp(problem, at, extra, v, opts, k)
+        return k - 1, {key: v[key] - h[key] for key in v}, [ge - he for ge, he in zip(g_extra, h_extra)]
+
+    if _loops(problem):
+        _, v, g_extra = tf.while_loop(lambda k, *_: k >= stop, walk, (tf.constant(n - 1), v, g_extra),
+                                      parallel_iterations=1)
+    else:
+        for k in reversed(range(stop, n)):
+            _, v, g_extra = walk(k, v, g_extra)
+    return Result(loss, _pull_back(problem, v), list(g_extra), fast)
 
 
 def conjugate_gradient(apply_a, b, steps, task_dot):
@@ -332,9 +382,7 @@ def implicit(problem, opts):
         raise ValueError("the implicit meta-gradient needs one fixed inner step size (the "
                          "proximal inner problem's solution does not depend on learned ones)")
     anchor = problem.expand(problem.theta)
-    fast = anchor
-    for k in range(problem.num_updates):
-        _, fast = inner_step(problem, fast, extra, opts, k, first_order=True, proximal=(lam, anchor))
+    fast = inner_loop(problem, anchor, extra, opts, proximal=(lam, anchor))
     loss, g, g_extra = _outer_gradient(problem, fast, extra)
     if opts.first_order:
         v, g_extra = g, list(g_extra)
@@ -357,10 +405,7 @@ def es(problem, opts):
     sigma = opts.es_sigma
 
     def f(theta, ex):
-        fast = problem.expand(theta)
-        for k in range(problem.num_updates):
-            _, fast = inner_step(problem, fast, ex, opts, k, first_order=True)
-        return problem.outer_loss(fast, ex)
+        return problem.outer_loss(inner_loop(problem, problem.expand(theta), ex, opts), ex)
 
     g_theta = {k: tf.zeros_like(problem.theta[k]) for k in keys}
     g_extra = [tf.zeros_like(e) for e in extra]
@@ -377,9 +422,7 @@ def es(problem, opts):
         w = (plus - minus) / (2.0 * sigma * opts.es_samples)
         g_theta = {k: g_theta[k] + w * eps[k] for k in keys}
         g_extra = [g + w * d for g, d in zip(g_extra, eps_extra)]
-    fast = problem.expand(problem.theta)
-    for k in range(problem.num_updates):
-        _, fast = inner_step(problem, fast, extra, opts, k, first_order=True)
+    fast = inner_loop(problem, problem.expand(problem.theta), extra, opts)
     loss = problem.outer_loss(fast, extra)
     return Result(loss, g_theta, g_extra, fast)
 

@@ -451,7 +451,7 @@ class MAML(tf.Module):
             outer_loss=lambda fast, extra: tf.reduce_sum(self.loss(fwd(inputb, fast, extra, n), labelb))
             / tf.cast(t, inputa.dtype),
             expand=lambda theta: {k: tf.broadcast_to(v, [t] + v.shape.as_list()) for k, v in theta.items()},
-            task_dot=task_dot)
+            task_dot=task_dot, step_dependent=bool(self.bnwb or self.lslr))
 
     def _engine_gradients(self, inputa, labela, inputb, labelb):
         """(metrics, grads) by a non-nested engine (see :meth:`meta_gradients`)."""

@@ -147,6 +147,8 @@ def table(name, iterations, logroot, data_dir, run, configs=tuple(BASE)):
 
 
 def main():
+    from maml_tf.runtime import import_tensorflow
+    import_tensorflow()  # without TensorFlow's start-up lines (the flag parsing below loads it)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--table", choices=sorted(ROWS), required=True)
     p.add_argument("--iterations", type=int, default=1000, help="meta-training iterations (5-way)")

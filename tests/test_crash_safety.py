@@ -114,3 +114,34 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
         np.testing.assert_array_equal(good[k], after[k])
     assert [f for f in sorted(os.listdir(exp)) if f.startswith("model")] == \
         [f for f in before if f.startswith("model")]
+
+
+def test_fused_steps_equal_single_steps_across_a_resume(tmp_path, monkeypatch):
+    """Sinusoid runs fuse the 99 steps between two summary iterations into one compiled
+    call (--fuse_steps, default on).  The same run one step per call, and the fused run
+    stopped at an iteration that is not a multiple of 100 and resumed (chunks realign to
+    multiples of 100), end with the same checkpoint, bit for bit."""
+    args = ["--datasource=sinusoid", "--norm=None", "--update_batch_size=5", "--update_lr=0.01"]
+    runs = {"fused": [350], "single": [350], "resumed": [137, 350]}
+    from maml_tf.methods.maml import MAML
+    from maml_tf.run.config import config_from_flags
+    from maml_tf.run.train import train
+    calls = []
+    fused = MAML.metatrain_steps
+    monkeypatch.setattr(MAML, "metatrain_steps", lambda self, *a: calls.append(len(a[0])) or fused(self, *a))
+    values = dict(a[2:].split("=") for a in args)
+    train(config_from_flags({**values, "metatrain_iterations": 350, "logdir": str(tmp_path / "fused")}),
+          out=lambda *a, **k: None)
+    assert calls == [99, 99, 99], calls  # iterations 1-99, 101-199, 201-299 (300-349: a partial chunk)
+    for name, lengths in runs.items():
+        for n in lengths if name != "fused" else []:
+            flags = [f"--metatrain_iterations={n}", f"--logdir={tmp_path / name}"]
+            if name == "single":
+                flags.append("--fuse_steps=False")
+            r = _run(args + flags)
+            assert r.returncode == 0, r.stdout + r.stderr
+    states = {name: _state(str(tmp_path / name / EXP / "model349")) for name in runs}
+    for name in ("single", "resumed"):
+        assert states[name].keys() == states["fused"].keys()
+        for k in states["fused"]:
+            np.testing.assert_array_equal(states[name][k], states["fused"][k], err_msg=f"{name}: {k}")

@@ -284,3 +284,26 @@ def test_float32_batched_conv_without_onednn():
     assert out["grouped"] is False  # the case this test is for
     for case in ("omniglot", "mini"):
         assert out[case][0] == pytest.approx(out[case][1], rel=1e-4)
+
+
+@pytest.mark.parametrize("pretrain", [False, True])
+def test_fused_steps_equal_single_steps(pretrain):
+    """metatrain_steps / pretrain_steps (K steps in one compiled call, XLA for the fc
+    net) apply the same updates as K single calls, bit for bit, and stop after the first
+    step whose meta-gradient is not finite."""
+    a, batch = make_model("sine", dtype=tf.float32, seed=2)
+    b, _ = make_model("sine", dtype=tf.float32, seed=2)
+    rng = np.random.default_rng(5)
+    k = 7
+    chunk = [np.stack([x + 0.1 * rng.standard_normal(x.shape).astype(x.dtype) for _ in range(k)])
+             for x in batch]
+    single = a.pretrain_step if pretrain else a.metatrain_step
+    for i in range(k):
+        single(*[c[i] for c in chunk])
+    done = (b.pretrain_steps if pretrain else b.metatrain_steps)(*chunk)
+    assert len(done) == k and all(bool(m["grad_finite"]) for m in done)
+    for va, vb in zip(a.meta_vars, b.meta_vars):
+        np.testing.assert_array_equal(va.numpy(), vb.numpy())
+    chunk[1][3] = chunk[1][3] * np.float32(np.inf)  # step 3's support labels: a non-finite gradient
+    done = (b.pretrain_steps if pretrain else b.metatrain_steps)(*chunk)
+    assert len(done) == 4 and not bool(done[-1]["grad_finite"])

@@ -82,6 +82,7 @@ class Config:
     explicit: tuple = ()
     xla: Optional[bool] = None  # None: auto (maml_tf.run.autotune)
     step_times: str = ""
+    fuse_steps: bool = True  # sinusoid: the steps between two summaries in one compiled call
 
     # ------------------------------------------------------------ derived rules
     @property

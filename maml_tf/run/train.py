@@ -47,6 +47,13 @@ def _write_scalars(writer, prefix, itr, losses, accs, classification):
         tf.summary.experimental.write_raw_pb(summary.SerializeToString())
 
 
+def _quiet(itr, cfg, print_interval):
+    """Whether iteration ``itr`` has nothing but its step to do (no summary, progress
+    line, checkpoint or validation; the same phase as its neighbours)."""
+    return not (itr % SUMMARY_INTERVAL == 0 or itr % print_interval == 0
+                or itr % cfg.save_interval == 0 or itr == cfg.pretrain_iterations)
+
+
 def _clock(seconds):
     seconds = int(round(seconds))
     h, rest = divmod(seconds, 3600)
@@ -82,42 +89,59 @@ class Progress:
 
 
 class _ChunkDraws:
-    """A task source whose sample() is 100 sinusoid meta-batches at once, drawn
-    (``SinusoidTasks.sample_chunk``: the same numbers as one at a time), converted to
-    tensors and split into per-step tensors: 4 ops per 100 steps instead of 4 conversions
-    per step."""
+    """A task source whose sample() is the next chunk of sinusoid meta-batches, drawn at
+    once (``SinusoidTasks.sample_chunk``: the same numbers as one at a time) and
+    converted to tensors: the stacked tensors (for fused steps) and their per-step
+    slices.  The first chunk is ``first`` long, the others ``size``, so that chunks
+    start at multiples of ``size`` whatever iteration a run resumes at."""
 
-    def __init__(self, source, model, size):
+    def __init__(self, source, model, size, first=None):
         self.source, self.model, self.size = source, model, size
+        self.next_size = first or size
 
     def sample(self):
-        chunk = self.model._inputs(self.source.sample_chunk(self.size))
-        return list(zip(*[tf.unstack(t) for t in chunk]))
+        stacked = self.model._inputs(self.source.sample_chunk(self.next_size))
+        self.next_size = self.size
+        return list(zip(*[tf.unstack(t) for t in stacked])), stacked
 
     def get_state(self):
         return self.source.get_state()
 
 
 class _Chunks:
-    """Sinusoid meta-batches for the loop, 100 at a time from a prefetch thread (a
-    sinusoid step takes ~0.3 ms: converting one meta-batch to tensors costs 0.06 ms,
-    drawing 100 at once 1 ms).  The state handed to a checkpoint is the source's state
-    after exactly the current meta-batch."""
+    """Sinusoid meta-batches for the loop, a chunk of 100 at a time from a prefetch
+    thread (a sinusoid step takes ~0.3 ms: converting one meta-batch to tensors costs
+    0.06 ms, drawing 100 at once 1 ms).  Chunks cover iterations [100 m, 100 m + 100).
+    ``next()``: the next meta-batch; ``run(n)``: the next n stacked, for fused steps, if
+    they lie in the current chunk.  The state handed to a checkpoint is the source's
+    state after exactly the last meta-batch handed out."""
 
-    def __init__(self, source, model, size=100):
+    def __init__(self, source, model, start=0, size=100):
         self.source, self.size = source, size
         self.end_state = source.get_state()
-        self.prefetch = Prefetcher(_ChunkDraws(source, model, size), depth=1)
-        self.i = size
+        self.prefetch = Prefetcher(_ChunkDraws(source, model, size, size - start % size), depth=1)
+        self.i = self.n = 0
+
+    def _load(self):
+        if self.i == self.n:
+            self.start_state = self.end_state
+            (self.steps, self.stacked), self.end_state = self.prefetch.next()
+            self.i, self.n = 0, len(self.steps)
 
     def next(self):
-        if self.i == self.size:
-            self.start_state = self.end_state
-            self.steps, self.end_state = self.prefetch.next()
-            self.i = 0
+        self._load()
         i, start = self.i, self.start_state
         self.i += 1
         return list(self.steps[i]), (lambda: self.source.state_after(start, i + 1))
+
+    def can_run(self, n):
+        self._load()
+        return self.i + n <= self.n
+
+    def run(self, n):
+        i, start = self.i, self.start_state
+        self.i += n
+        return [t[i:i + n] for t in self.stacked], (lambda: self.source.state_after(start, i + n))
 
     def close(self):
         self.prefetch.close()
@@ -205,12 +229,45 @@ def train(cfg, out=print):
     if cfg.datasource != "sinusoid":
         batches = Prefetcher(source)
     elif strategy is None:
-        batches = _Chunks(source, model)
+        batches = _Chunks(source, model, start)
     else:
         batches = Synchronous(source)
+    # Fused steps (MAML.metatrain_steps: one compiled call for many steps): the 99
+    # iterations between two summary iterations have nothing but their step to do, and
+    # for the sinusoid a call per step costs a third of the step.  The same updates, bit
+    # for bit (tests/test_fast_paths.py); --fuse_steps=False calls one step at a time.
+    fuse = SUMMARY_INTERVAL - 1 if (cfg.fuse_steps and isinstance(batches, _Chunks)
+                                    and not cfg.da_iterations) else 0
+    fused_until = start
     with _StopRequest() as stop, contextlib.closing(batches):
         for itr in range(start, total):
+            if itr < fused_until:
+                continue
             pretraining = itr < cfg.pretrain_iterations
+            if (fuse and itr + fuse <= total and batches.can_run(fuse)
+                    and all(_quiet(j, cfg, print_interval) for j in range(itr, itr + fuse))):
+                chunk, sampler_state = batches.run(fuse)
+                t0 = time.perf_counter()
+                done = model.pretrain_steps(*chunk) if pretraining else model.metatrain_steps(*chunk)
+                t1 = time.perf_counter()
+                loss_key = "preloss" if pretraining else "postloss"
+                for j, metrics in enumerate(done):
+                    if not (np.isfinite(metrics[loss_key]) and metrics["grad_finite"]):
+                        raise NonFiniteError(
+                            f"non-finite loss or meta-gradient at iteration {itr + j}; stopped without saving "
+                            f"it (last good checkpoint: {last_saved or manager.latest() or 'none'}): "
+                            f"try a smaller --meta_lr or --update_lr")
+                if step_times is not None:  # inside a fused call each step takes the call's mean
+                    step_times.extend((itr + j, t0 + (j + 1) * (t1 - t0) / fuse, False) for j in range(fuse))
+                fused_until = itr + fuse
+                if stop.signum is not None:
+                    last = fused_until - 1
+                    writer_manager.save(last, last + 1, sampler_state)
+                    out(f"Stopped by signal {stop.signum} after iteration {last}; saved {manager.path_for(last)}. "
+                        f"Rerun the same command to resume.")
+                    _flush(writer, val_writer)
+                    sys.exit(128 + stop.signum)
+                continue
             batch, sampler_state = batches.next()
             if itr % SUMMARY_INTERVAL == 0 or itr % print_interval == 0:
                 losses, accs = model.evaluate(*batch, num_steps=cfg.eval_num_updates)

@@ -2,6 +2,7 @@
 """main.py's training speed beside the benchmarked step, from one run of each, interleaved.
 
     python bench/main_speed.py --config omniglot5w1s [--first_order] [--iters 110] [--warmup 10]
+                               (sinusoid: --iters 3000 --warmup 300 by default)
                                [--rounds 1] [--data_dir ./data] [--threads 2]
 
 Runs ``main.py`` with the configuration's original usage-line flags (as
@@ -95,12 +96,18 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", choices=sorted(CONFIGS), required=True)
     ap.add_argument("--first_order", action="store_true")
-    ap.add_argument("--iters", type=int, default=110)
-    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--iters", type=int, default=None,
+                    help="main.py's iterations (default 110; sinusoid 3000: its steps take 0.3 ms)")
+    ap.add_argument("--warmup", type=int, default=None,
+                    help="iterations left out as start-up (default 10; sinusoid 300: the first fused call "
+                         "compiles the 99-step loop)")
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--data_dir", default=str(REPO / "data"))
     args = ap.parse_args()
+    sine = CONFIGS[args.config]["datasource"] == "sinusoid"
+    args.iters = args.iters or (3000 if sine else 110)
+    args.warmup = args.warmup if args.warmup is not None else (300 if sine else 10)
     if args.iters <= args.warmup + 1:
         sys.exit("--iters must exceed --warmup by at least 2")
     source = CONFIGS[args.config]["datasource"]

@@ -67,7 +67,7 @@ ROWS = {
           "20w1s": (89.43, 0.14, "Nichol et al. 2018, transductive")}),
         ("MAML++ (LSLR, MSL, BNWB, DA, CA; 5 steps of 0.1)",
          {c: dict(lslr=True, bnwb=True, cosine_annealing=True, num_updates=5, update_lr=0.1,
-                  msl_iterations="10%", da_iterations="33%") for c in ("5w1s", "20w1s")},
+                  msl_iterations="10%", da_iterations="33%", _column=5) for c in ("5w1s", "20w1s")},
          {"5w1s": (99.47, None, "Antoniou et al. 2019"), "20w1s": (97.65, 0.05, "Antoniou et al. 2019")}),
     ],
 }
@@ -79,6 +79,7 @@ def flags_for(config, extra, iterations, logroot, data_dir):
     the same name: the table must train it separately)."""
     extra = dict(extra)
     folder = config + ("-" + extra.pop("_folder") if "_folder" in extra else "")
+    extra.pop("_column", None)
     values = dict(BASE[config], metatrain_iterations=iterations, logdir=os.path.join(logroot, folder),
                   data_dir=data_dir, seed=0)
     for k, v in extra.items():  # fractions of the run's length (MAML++'s schedules)
@@ -110,10 +111,13 @@ def run_row(config, extra, iterations, logroot, data_dir, log):
     return cfg, csv_path
 
 
-def read(cfg, csv_path):
+def read(cfg, csv_path, column=None):
+    """(mean %, 95% interval %, column): the paper's column (3 inner steps for 5-way, 5 for
+    20-way), or the row's own (``_column``: a method whose paper tests with the number of
+    steps it trained per-step parameters for, as MAML++'s 5)."""
     with open(csv_path) as f:
         rows = list(csv.reader(f))
-    col = cfg.reported_steps[-1]
+    col = column or cfg.reported_steps[-1]
     return 100 * float(rows[1][col]), 100 * float(rows[3][col]), col
 
 
@@ -133,7 +137,7 @@ def table(name, iterations, logroot, data_dir, run, configs=tuple(BASE)):
             if csv_path is None:
                 ours = f"failed (see {log})"
             elif os.path.exists(csv_path):
-                mean, ci, col = read(cfg, csv_path)
+                mean, ci, col = read(cfg, csv_path, extra.get("_column"))
                 ours = f"{mean:.1f} +- {ci:.1f}% ({its} it., {col} steps)"
             else:
                 ours = "not run"

@@ -105,12 +105,12 @@ def main():
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--data_dir", default=str(REPO / "data"))
     args = ap.parse_args()
-    sine = CONFIGS[args.config]["datasource"] == "sinusoid"
+    source = CONFIGS[args.config]["datasource"]
+    sine = source == "sinusoid"
     args.iters = args.iters or (3000 if sine else 110)
     args.warmup = args.warmup if args.warmup is not None else (300 if sine else 10)
     if args.iters <= args.warmup + 1:
         sys.exit("--iters must exceed --warmup by at least 2")
-    source = CONFIGS[args.config]["datasource"]
     with tempfile.TemporaryDirectory(prefix="main_speed_") as tmp:
         tmp = pathlib.Path(tmp)
         data_dir = args.data_dir

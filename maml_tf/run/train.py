@@ -239,6 +239,23 @@ def train(cfg, out=print):
     fuse = SUMMARY_INTERVAL - 1 if (cfg.fuse_steps and isinstance(batches, _Chunks)
                                     and not cfg.da_iterations) else 0
     fused_until = start
+
+    def check_finite(metrics, itr, pretraining):
+        if not (np.isfinite(metrics["preloss" if pretraining else "postloss"]) and metrics["grad_finite"]):
+            raise NonFiniteError(
+                f"non-finite loss or meta-gradient at iteration {itr}; stopped without saving it "
+                f"(last good checkpoint: {last_saved or manager.latest() or 'none'}): "
+                f"try a smaller --meta_lr or --update_lr")
+
+    def stop_after(itr, sampler_state, signum):
+        """SIGINT/SIGTERM: save iteration ``itr`` (unless just saved) and exit."""
+        if last_saved != writer_manager.path_for(itr):
+            writer_manager.save(itr, itr + 1, sampler_state)
+        out(f"Stopped by signal {signum} after iteration {itr}; saved {manager.path_for(itr)}. "
+            f"Rerun the same command to resume.")
+        _flush(writer, val_writer)
+        sys.exit(128 + signum)
+
     with _StopRequest() as stop, contextlib.closing(batches):
         for itr in range(start, total):
             if itr < fused_until:
@@ -250,23 +267,13 @@ def train(cfg, out=print):
                 t0 = time.perf_counter()
                 done = model.pretrain_steps(*chunk) if pretraining else model.metatrain_steps(*chunk)
                 t1 = time.perf_counter()
-                loss_key = "preloss" if pretraining else "postloss"
                 for j, metrics in enumerate(done):
-                    if not (np.isfinite(metrics[loss_key]) and metrics["grad_finite"]):
-                        raise NonFiniteError(
-                            f"non-finite loss or meta-gradient at iteration {itr + j}; stopped without saving "
-                            f"it (last good checkpoint: {last_saved or manager.latest() or 'none'}): "
-                            f"try a smaller --meta_lr or --update_lr")
+                    check_finite(metrics, itr + j, pretraining)
                 if step_times is not None:  # inside a fused call each step takes the call's mean
                     step_times.extend((itr + j, t0 + (j + 1) * (t1 - t0) / fuse, False) for j in range(fuse))
                 fused_until = itr + fuse
                 if stop.signum is not None:
-                    last = fused_until - 1
-                    writer_manager.save(last, last + 1, sampler_state)
-                    out(f"Stopped by signal {stop.signum} after iteration {last}; saved {manager.path_for(last)}. "
-                        f"Rerun the same command to resume.")
-                    _flush(writer, val_writer)
-                    sys.exit(128 + stop.signum)
+                    stop_after(fused_until - 1, sampler_state, stop.signum)
                 continue
             batch, sampler_state = batches.next()
             if itr % SUMMARY_INTERVAL == 0 or itr % print_interval == 0:
@@ -281,12 +288,7 @@ def train(cfg, out=print):
             if cfg.da_iterations and not pretraining:  # MAML++: first order, then second
                 model.use_first_order(itr - cfg.pretrain_iterations < cfg.da_iterations)
             metrics = stepper.pretrain_step(*batch) if pretraining else stepper.metatrain_step(*batch)
-            loss_key = "preloss" if pretraining else "postloss"
-            if not (np.isfinite(metrics[loss_key]) and metrics["grad_finite"]):
-                raise NonFiniteError(
-                    f"non-finite loss or meta-gradient at iteration {itr}; stopped without saving it "
-                    f"(last good checkpoint: {last_saved or manager.latest() or 'none'}): "
-                    f"try a smaller --meta_lr or --update_lr")
+            check_finite(metrics, itr, pretraining)
             if itr != 0 and itr % print_interval == 0:
                 label = f"Pretrain Iteration {itr}" if pretraining else f"Iteration {itr - cfg.pretrain_iterations}"
                 rate = progress.rate(itr + 1)
@@ -314,12 +316,7 @@ def train(cfg, out=print):
             if step_times is not None:
                 step_times.append((itr, time.perf_counter(), saved))
             if stop.signum is not None:
-                if last_saved != writer_manager.path_for(itr):
-                    writer_manager.save(itr, itr + 1, sampler_state)
-                out(f"Stopped by signal {stop.signum} after iteration {itr}; saved {manager.path_for(itr)}. "
-                    f"Rerun the same command to resume.")
-                _flush(writer, val_writer)
-                sys.exit(128 + stop.signum)
+                stop_after(itr, sampler_state, stop.signum)
     if itr >= start:
         if last_saved != writer_manager.path_for(itr):
             writer_manager.save(itr, itr + 1, sampler_state)

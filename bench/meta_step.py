@@ -151,8 +151,22 @@ def cpu_description():
     return describe()
 
 
+def choose_onednn(config, first_order=False, task_mode=None, xla=None):
+    """As main.py, before TensorFlow loads: oneDNN on or off where TensorFlow's default
+    leaves it off (maml_tf.run.autotune.choose_onednn); returns what the step runs with."""
+    sys.path.insert(0, str(REPO))
+    from maml_tf.run.config import Config
+    from maml_tf.run.autotune import choose_onednn as choose
+    fields = dict(CONFIGS[config], stop_grad=first_order, seed=0, xla=None if xla is None else xla == "on")
+    if task_mode:
+        fields["task_mode"] = task_mode
+    choose(Config(**fields), out=lambda line: print(line, file=sys.stderr))
+    return os.environ.get("TF_ENABLE_ONEDNN_OPTS", "tf-default")
+
+
 def run_ours(args):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    onednn = choose_onednn(args.config, args.first_order, args.task_mode, args.xla)
     pools = set_threads(args.threads, args.config, args.intra_threads, args.inter_threads)
     import numpy as np
     import tensorflow as tf
@@ -183,7 +197,7 @@ def run_ours(args):
         "final_meta_loss": losses[-1], "initial_meta_loss": losses[0],
         "compile_s": times[0], "cpu_sec_per_iter_median": statistics.median(cpu[warmup:]),
         "load_avg": os.getloadavg()[0], "warmup": warmup, "threads": args.threads,
-        "cpu": cpu_description(),
+        "cpu": cpu_description(), "onednn": onednn,
         "tf_intra_inter_threads": list(pools),
         "versions": {"python": sys.version.split()[0], "tensorflow": tf.__version__,
                      "numpy": np.__version__},

@@ -63,3 +63,95 @@ def test_disabled_takes_the_static_default(cache, monkeypatch):
     monkeypatch.setattr(autotune, "measure", lambda *a, **k: pytest.fail("measured"))
     assert autotune.choose(network_spec(cfg), SETTINGS, input_shapes(cfg)) == ("batched", True)
     assert not cache.exists()
+
+
+# ---------------------------------------------------------------- oneDNN on or off
+ZEN2 = ["avx", "avx2", "fma"]                                    # AMD EPYC 7002: AVX2 only
+SKYLAKE_SP = ["avx", "avx2", "fma", "avx512f", "avx512bw"]        # AVX-512 without VNNI
+ZEN4 = ["avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16"]
+SAPPHIRE_RAPIDS = ZEN4 + ["amx_tile", "amx_bf16", "amx_int8"]
+ALDER_LAKE = ["avx", "avx2", "fma", "avx_vnni"]
+
+
+def test_tf_onednn_default_follows_tensorflows_policy():
+    # tensorflow/core/util/port.cc, DefaultOneDnnPolicy on Linux x86.
+    for ext, on in ((ZEN2, False), (SKYLAKE_SP, False), (ZEN4, True), (SAPPHIRE_RAPIDS, True),
+                    (ALDER_LAKE, True)):
+        assert autotune.tf_onednn_default(ext, "Linux", "x86_64") is on, ext
+    assert autotune.tf_onednn_default(ZEN2, "Darwin", "x86_64") is None
+    assert autotune.tf_onednn_default(ZEN2, "Linux", "aarch64") is None
+
+
+def test_tf_onednn_default_agrees_with_tensorflow_on_this_machine():
+    """The policy read from this CPU's flags is what this TensorFlow does by itself."""
+    import os
+    import subprocess
+    import sys
+    predicted = autotune.tf_onednn_default(autotune.cpu_description()["extensions"])
+    if predicted is None:
+        pytest.skip("not Linux x86-64")
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    code = ("import tensorflow\nfrom tensorflow.python.util import _pywrap_util_port as p\n"
+            "print(bool(p.IsMklEnabled()))")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == str(predicted)
+
+
+@pytest.fixture
+def onednn_unset(monkeypatch):
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "restored-by-monkeypatch")
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS")
+    return monkeypatch
+
+
+OMNI = dict(datasource="omniglot", num_classes=5, meta_batch_size=2, update_batch_size=1, num_updates=1,
+            update_lr=0.4, num_filters=8)
+
+
+def test_choose_onednn_measures_once_and_obeys_the_user(cache, onednn_unset):
+    import os
+    calls, lines = [], []
+
+    def trial(cfg):
+        calls.append(cfg)
+        return {"0": 2.0, "1": 1.0}
+    cfg = Config(**OMNI)
+    assert autotune.choose_onednn(cfg, lines.append, extensions=ZEN2, trial=trial) == "1"
+    assert os.environ["TF_ENABLE_ONEDNN_OPTS"] == "1" and len(calls) == 1
+    assert "oneDNN on" in lines[-1] and "1 s" in lines[-1] and "2 s" in lines[-1]
+    # Cached: neither the same run again nor its evaluation (--train=False) measures.
+    for again in (cfg, Config(**OMNI, train=False, logdir="elsewhere", metatrain_iterations=5)):
+        onednn_unset.delenv("TF_ENABLE_ONEDNN_OPTS")
+        assert autotune.choose_onednn(again, extensions=ZEN2, trial=trial) == "1" and len(calls) == 1
+    # An evaluation of a configuration never trained here does not measure.
+    onednn_unset.delenv("TF_ENABLE_ONEDNN_OPTS")
+    assert autotune.choose_onednn(Config(**dict(OMNI, meta_batch_size=4), train=False), extensions=ZEN2,
+                                  trial=trial) is None
+    assert "TF_ENABLE_ONEDNN_OPTS" not in os.environ and len(calls) == 1
+    # Another step configuration is measured afresh; the faster setting wins either way.
+    assert autotune.choose_onednn(Config(**dict(OMNI, stop_grad=True)), extensions=ZEN2,
+                                  trial=lambda c: {"0": 1.0, "1": 3.0}) == "0"
+    # Not decided: the user's own setting, a CPU where TensorFlow turns oneDNN on, the fc
+    # nets, autotuning off, a trial that failed.
+    onednn_unset.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
+    assert autotune.choose_onednn(Config(**dict(OMNI, num_filters=16)), extensions=ZEN2, trial=trial) is None
+    assert os.environ["TF_ENABLE_ONEDNN_OPTS"] == "0"
+    onednn_unset.delenv("TF_ENABLE_ONEDNN_OPTS")
+    for c, ext in ((Config(**dict(OMNI, num_filters=16)), SAPPHIRE_RAPIDS),
+                   (Config(datasource="sinusoid", norm="None"), ZEN2)):
+        assert autotune.choose_onednn(c, extensions=ext, trial=trial) is None
+    assert autotune.choose_onednn(Config(**dict(OMNI, num_filters=16)), extensions=ZEN2, trial=lambda c: {}) is None
+    onednn_unset.setenv("MAML_TF_AUTOTUNE", "0")
+    assert autotune.choose_onednn(Config(**dict(OMNI, num_filters=16)), extensions=ZEN2, trial=trial) is None
+    assert len(calls) == 1 and "TF_ENABLE_ONEDNN_OPTS" not in os.environ
+
+
+def test_onednn_trial_times_the_step_both_ways(cache):
+    """The real trial: two child processes, each timing its best path; each child's
+    path choice is cached under its own oneDNN setting, for the run that follows."""
+    seconds = autotune.onednn_trial(Config(**OMNI))
+    assert set(seconds) == {"0", "1"} and all(0 < s < 60 for s in seconds.values())
+    machines = [k for k in json.loads(cache.read_text()) if k != "version"]
+    assert sorted(m.rsplit("onednn=", 1)[1] for m in machines) == ["0", "1"]

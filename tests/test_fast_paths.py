@@ -270,18 +270,28 @@ print(json.dumps(out))
 """
 
 
-def test_float32_batched_conv_without_onednn():
-    """TensorFlow without oneDNN (TF_ENABLE_ONEDNN_OPTS=0, as on macOS and most ARM
-    builds) has no grouped-convolution gradient on CPU: the batched path must detect
-    it and still give the reference meta-gradient."""
+@pytest.mark.parametrize("kernels", ["eigen", "onednn_avx2"])
+def test_float32_batched_conv_without_onednn(kernels):
+    """eigen: TensorFlow without oneDNN (TF_ENABLE_ONEDNN_OPTS=0, as on macOS, most ARM
+    builds, and by default on x86 CPUs without AVX-512 VNNI/BF16 or AMX) has no
+    grouped-convolution gradient on CPU: the batched path must detect it and still give
+    the reference meta-gradient.  onednn_avx2: oneDNN turned on with its kernels capped
+    at AVX2 (what maml_tf.run.autotune.choose_onednn may pick on an AVX2-only CPU):
+    grouped convolutions run and give the reference meta-gradient."""
+    import platform
     tests = str(pathlib.Path(__file__).resolve().parent)
-    env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS="0", TF_CPP_MIN_LOG_LEVEL="3")
+    if kernels == "eigen":
+        env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS="0", TF_CPP_MIN_LOG_LEVEL="3")
+    else:
+        if platform.machine().lower() not in ("x86_64", "amd64"):
+            pytest.skip("oneDNN's AVX2 kernels are x86 kernels")
+        env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS="1", ONEDNN_MAX_CPU_ISA="AVX2", TF_CPP_MIN_LOG_LEVEL="3")
     proc = subprocess.run([sys.executable, "-c", _NO_ONEDNN.format(tests=tests)], env=env,
                           capture_output=True, text=True, timeout=600,
                           cwd=pathlib.Path(tests).parent)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["grouped"] is False  # the case this test is for
+    assert out["grouped"] is (kernels != "eigen")  # the case this test is for
     for case in ("omniglot", "mini"):
         assert out[case][0] == pytest.approx(out[case][1], rel=1e-4)
 

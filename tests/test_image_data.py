@@ -345,12 +345,18 @@ def test_cache_falls_back_when_not_writable(small_omniglot, tmp_path, monkeypatc
 
 
 def test_omniglot_layout_errors(tmp_path, small_omniglot):
-    with pytest.raises(DataError, match="does not exist.*prepare_omniglot.py"):
-        make_sampler("omniglot", str(tmp_path / "nowhere"))
+    for check in (make_sampler, image_data.check_data_dir):  # check_data_dir: main.py's early check
+        with pytest.raises(DataError, match="does not exist.*prepare_omniglot.py"):
+            check("omniglot", str(tmp_path / "nowhere"))
     empty = tmp_path / "empty" / "omniglot_resized"
     empty.mkdir(parents=True)
-    with pytest.raises(DataError, match="no <alphabet>/<character> folders"):
-        make_sampler("omniglot", str(tmp_path / "empty"))
+    for check in (make_sampler, image_data.check_data_dir):
+        with pytest.raises(DataError, match="no <alphabet>/<character> folders"):
+            check("omniglot", str(tmp_path / "empty"))
+    image_data.check_data_dir("omniglot", str(small_omniglot.parent))  # a prepared folder passes
+    for where in ("nowhere", "empty"):
+        with pytest.raises(DataError, match="miniImagenet/train has no <wnid> class folders.*prepare_miniimagenet"):
+            image_data.check_data_dir("miniimagenet", str(tmp_path / where))
     # Unresized images (e.g. the raw archive extracted in place).
     raw = tmp_path / "raw" / "omniglot_resized" / "Greek" / "character01"
     raw.mkdir(parents=True)

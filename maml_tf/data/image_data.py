@@ -533,6 +533,19 @@ class EpisodeSampler:
         self._position = position
 
 
+def check_data_dir(datasource, data_dir="./data"):
+    """Raise DataError now, cheaply (folders only), where ``make_sampler`` would fail
+    for want of the prepared dataset: before a run spends time on anything else."""
+    if datasource == "omniglot":
+        list_omniglot_characters(os.path.join(data_dir, OMNIGLOT_DIRNAME))
+    elif datasource == "miniimagenet":
+        mini = os.path.join(data_dir, MINIIMAGENET_DIRNAME)
+        root = os.path.join(mini, "train")
+        if not os.path.isdir(root) or not _subdirs(root):
+            raise DataError(f"miniImageNet folder {root} has no <wnid> class folders; "
+                            f"{_MINI_FIX.format(path=mini)}")
+
+
 def make_sampler(datasource, data_dir="./data", split="train", num_classes=5, k_support=1,
                  k_query=1, seed=0, *, meta_batch_size=None, cache=True, cache_dir=None,
                  pool_size=0):

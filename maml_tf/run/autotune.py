@@ -23,11 +23,27 @@ and configuration in ``$MAML_TF_CACHE_DIR`` or ``~/.cache/maml_tf/autotune.json`
 later runs start at once.  ``MAML_TF_AUTOTUNE=0`` skips the measurement and takes the
 static default (batched, XLA for fc nets only; loop for conv nets without a grouped-conv
 gradient).  An explicit ``--task_mode`` / ``--xla`` is always obeyed.
+
+oneDNN itself is a choice, made before TensorFlow is imported (:func:`choose_onednn`).
+On Linux, TensorFlow turns its oneDNN kernels on by default only on CPUs with neural-
+network extensions (AVX512_VNNI, AVX512_BF16, AVX_VNNI, AMX: ``DefaultOneDnnPolicy`` in
+tensorflow/core/util/port.cc); on an AVX2-only x86 CPU (AMD EPYC before Zen 4, Intel
+before Cascade Lake) it runs Eigen's kernels, which have no grouped-convolution
+gradient and convolve slower.  oneDNN has AVX2 kernels too.  So for a conv net on such
+a CPU, main.py times the step (all of the above, in two short child processes) with
+``TF_ENABLE_ONEDNN_OPTS=0`` and ``=1``, keeps the faster and caches it like the rest.
+Measured on this project's machine with oneDNN, ATen and XLA capped at AVX2
+(``ONEDNN_MAX_CPU_ISA=AVX2``, the EPYC's instruction set): mini5w1s 2.43 s per step with
+Eigen (its best path, loop) against 1.20 s with oneDNN (loop) and torch.func's 2.08 s
+(README, "On a CPU without AVX-512").  A ``TF_ENABLE_ONEDNN_OPTS`` set by the user is
+always obeyed.
 """
 import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -54,6 +70,112 @@ def cpu_description():
               "amx_tile", "amx_bf16", "amx_int8", "asimd", "sve", "sve2")
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {"model": model, "extensions": [e for e in wanted if e in flags], "cpus": cpus}
+
+
+# CPU extensions for which TensorFlow's Linux build turns oneDNN on by default
+# (tensorflow/core/util/port.cc, DefaultOneDnnPolicy; plus the ARM Neoverse V1).
+ONEDNN_DEFAULT_EXTENSIONS = ("avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16")
+
+
+def tf_onednn_default(extensions, system=None, machine=None):
+    """Whether TensorFlow turns oneDNN on by itself on a CPU with these extensions
+    (/proc/cpuinfo flag names), without ``TF_ENABLE_ONEDNN_OPTS``.  None where this
+    module does not decide (not Linux on x86-64)."""
+    system = platform.system() if system is None else system
+    machine = platform.machine() if machine is None else machine
+    if system != "Linux" or machine.lower() not in ("x86_64", "amd64"):
+        return None
+    return any(e in extensions for e in ONEDNN_DEFAULT_EXTENSIONS)
+
+
+def _tf_version():
+    from importlib import metadata
+    for dist in ("tensorflow", "tensorflow-cpu", "tensorflow-intel", "tf-nightly", "tf-nightly-cpu"):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return "?"
+
+
+# Config fields that do not change the work of one training step (run bookkeeping,
+# schedules, step sizes): left out of the key of the oneDNN decision.
+_NOT_STEP = {"logdir", "log", "resume", "train", "test_iter", "test_set", "seed", "data_dir", "save_interval",
+             "max_to_keep", "num_test_tasks", "test_seed", "task_pool", "metatrain_iterations",
+             "pretrain_iterations", "explicit", "step_times", "init_checkpoint", "pretrained", "fuse_steps",
+             "meta_lr", "update_lr", "train_update_lr", "min_meta_lr", "msl_iterations", "da_iterations",
+             "cosine_annealing", "imaml_lambda", "es_sigma", "baseline"}
+
+
+def _config_fields(cfg):
+    import dataclasses
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+
+
+def onednn_trial(cfg):
+    """Seconds of the fastest training-step path for ``cfg`` in a child process run
+    with ``TF_ENABLE_ONEDNN_OPTS`` = 0 and = 1: {'0': s, '1': s} (a setting whose child
+    failed is left out)."""
+    payload = json.dumps({k: v for k, v in _config_fields(cfg).items() if k != "explicit"}, default=str)
+    seconds = {}
+    for value in ("0", "1"):
+        env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS=value, TF_CPP_MIN_LOG_LEVEL="2")
+        try:
+            proc = subprocess.run([sys.executable, "-m", "maml_tf.run.autotune", "--trial", payload],
+                                  env=env, capture_output=True, text=True, timeout=900)
+            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+            if proc.returncode == 0 and lines:
+                seconds[value] = float(json.loads(lines[-1])["seconds"])
+        except (subprocess.TimeoutExpired, OSError, ValueError, KeyError):
+            continue
+    return seconds
+
+
+def choose_onednn(cfg, out=None, extensions=None, trial=onednn_trial):
+    """Set ``TF_ENABLE_ONEDNN_OPTS`` for ``cfg``'s run where measuring shows it matters;
+    call before TensorFlow is imported.  Returns the value set, or None (left alone).
+
+    Decides only for conv nets (the fc nets run XLA, which does not use oneDNN), on
+    Linux x86-64 CPUs where TensorFlow would leave oneDNN off, when the user has not
+    set the variable and ``MAML_TF_AUTOTUNE`` is not 0.  A training run measures
+    (``trial``) once per machine and configuration and caches the choice; an
+    evaluation only reads the cache.  ``extensions``: the CPU's (tests).
+    """
+    if "TF_ENABLE_ONEDNN_OPTS" in os.environ or os.environ.get("MAML_TF_AUTOTUNE", "1") == "0":
+        return None
+    if cfg.datasource == "sinusoid" or not cfg.conv:
+        return None
+    cpu = cpu_description()
+    if extensions is not None:
+        cpu["extensions"] = list(extensions)
+    if tf_onednn_default(cpu["extensions"]) is not False:
+        return None
+    machine = f"{cpu['model']}|{','.join(cpu['extensions'])}|cpus={cpu['cpus']}|tf={_tf_version()}|onednn-choice"
+    key = json.dumps({k: v for k, v in _config_fields(cfg).items() if k not in _NOT_STEP},
+                     sort_keys=True, default=str)
+    cache = _read_cache()
+    entry = cache.get(machine, {}).get(key)
+    if entry is None:
+        if not cfg.train:
+            return None
+        if out is not None:
+            out("This CPU has no AVX-512 VNNI/BF16 or AMX, so TensorFlow leaves its oneDNN kernels off: "
+                "timing the step with and without them (once per machine and configuration)...")
+        seconds = trial(cfg)
+        if not seconds:
+            return None
+        choice = min(seconds, key=seconds.get)
+        entry = {"choice": choice, "seconds": seconds, "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
+        cache.setdefault(machine, {})[key] = entry
+        _write_cache(cache)
+        if out is not None:
+            told = ", ".join(f"{'oneDNN' if v == '1' else 'Eigen (oneDNN off)'} {t:.3g} s"
+                             for v, t in sorted(seconds.items(), reverse=True))
+            out(f"Timed the step's kernels on this CPU ({told} per step): oneDNN "
+                f"{'on' if choice == '1' else 'off'} (cached in {_cache_path()}; "
+                f"TF_ENABLE_ONEDNN_OPTS=0/1 decides it yourself)")
+    os.environ["TF_ENABLE_ONEDNN_OPTS"] = entry["choice"]
+    return entry["choice"]
 
 
 def _machine_key(tf):
@@ -178,3 +300,29 @@ def measure(spec, settings, shapes, task_mode, jit_compile, steps=None):
         model.metatrain_step(*batch)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def _trial_main(payload):
+    """Child of :func:`onednn_trial`: the best path's seconds per step for the config
+    in ``payload`` under this process's TF_ENABLE_ONEDNN_OPTS, as one JSON line."""
+    from maml_tf.runtime import import_tensorflow
+    import_tensorflow()
+    from maml_tf.run.config import Config
+    from maml_tf.run.model import input_shapes, network_spec, step_settings
+    cfg = Config(**json.loads(payload))
+    spec, shapes, settings = network_spec(cfg), input_shapes(cfg), step_settings(cfg)
+    task_mode = None if cfg.task_mode == "auto" else cfg.task_mode
+    best = choose(spec, settings, shapes, task_mode, cfg.xla)
+    import tensorflow as tf
+    entry = _read_cache().get(_machine_key(tf), {}).get(_signature(spec, settings, shapes))
+    seconds = (entry["seconds"][f"{best[0]}/{'xla' if best[1] else 'graph'}"] if entry
+               else measure(spec, settings, shapes, *best))
+    print(json.dumps({"choice": list(best), "seconds": seconds}), flush=True)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--trial":
+        _trial_main(sys.argv[2])
+    else:
+        print("usage: python -m maml_tf.run.autotune --trial CONFIG_JSON (used by choose_onednn)", file=sys.stderr)
+        sys.exit(2)

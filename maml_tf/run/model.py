@@ -20,6 +20,13 @@ def input_shapes(cfg, meta_batch_size=None):
     return [[t, nk, cfg.dim_input], [t, nk, cfg.dim_output], [t, nq, cfg.dim_input], [t, nq, cfg.dim_output]]
 
 
+def step_settings(cfg):
+    """The MAML keyword arguments that change one training step's work."""
+    return dict(loss="xent" if cfg.classification else "mse",
+                update_batch_size=cfg.update_batch_size, update_lr=cfg.update_lr,
+                num_updates=cfg.num_updates, first_order=cfg.stop_grad, clip_value=cfg.clip_value)
+
+
 def build_model(cfg, tune=False, out=None):
     """The MAML model the original builds for these settings.
 
@@ -28,9 +35,7 @@ def build_model(cfg, tune=False, out=None):
     :mod:`maml_tf.run.autotune`), else the usual default.  Every way computes the same.
     """
     spec = network_spec(cfg)
-    settings = dict(loss="xent" if cfg.classification else "mse",
-                    update_batch_size=cfg.update_batch_size, update_lr=cfg.update_lr,
-                    num_updates=cfg.num_updates, first_order=cfg.stop_grad, clip_value=cfg.clip_value)
+    settings = step_settings(cfg)
     task_mode = None if cfg.task_mode == "auto" else cfg.task_mode
     if tune:
         task_mode, jit = autotune.choose(spec, settings, input_shapes(cfg), task_mode, cfg.xla, out=out)

@@ -120,6 +120,9 @@ def onednn_trial(cfg):
     seconds = {}
     for value in ("0", "1"):
         env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS=value, TF_CPP_MIN_LOG_LEVEL="2")
+        # The child imports this package from where this process found it.
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env["PYTHONPATH"] = os.pathsep.join([root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
         try:
             proc = subprocess.run([sys.executable, "-m", "maml_tf.run.autotune", "--trial", payload],
                                   env=env, capture_output=True, text=True, timeout=900)

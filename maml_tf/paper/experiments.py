@@ -23,6 +23,26 @@ from typing import Dict, Optional, Tuple
 
 from maml_tf.run.config import UsageError, config_from_flags, parse_flags  # noqa: F401  (parse_flags re-exported)
 
+
+def parse_tool_flags(argv, options):
+    """main.py flags plus a paper tool's own ``--name=value`` options.
+
+    options: {name: (type, default)}.  Returns (main.py flag values, {name: value});
+    raises UsageError naming an unknown argument or a value of the wrong type."""
+    values, rest = parse_flags(argv)
+    opts = {name: default for name, (_, default) in options.items()}
+    for a in rest:
+        name, eq, v = a[2:].partition("=") if a.startswith("--") else (a, "", "")
+        if name not in options or not eq:
+            raise UsageError(f"unknown argument {a}: give main.py flags and "
+                             f"{', '.join('--' + n for n in options)} as --name=value")
+        kind = options[name][0]
+        try:
+            opts[name] = kind(v)
+        except ValueError:
+            raise UsageError(f"--{name}={v} is not a valid {kind.__name__}") from None
+    return values, opts
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # The authors' released miniImageNet 5-way 1-shot checkpoint, relative to the repository root
 # (reproduce/run.py resolves it from there).

@@ -32,9 +32,6 @@ import numpy as np
 
 from maml_tf.run.config import UsageError
 
-CURVE_FLAGS = {"out": str, "step": int, "window": int}
-
-
 def read_scalars(folder, tag):
     """{iteration: value} of ``tag`` in the event files directly in ``folder``; where an
     iteration was written more than once (a resumed run), the latest record wins."""
@@ -142,22 +139,12 @@ def main(argv=None):
     if any(a in ("-h", "--help", "--helpfull") for a in argv):
         print(__doc__)
         return 0
-    from maml_tf.paper.experiments import config_from_flags, parse_flags
+    from maml_tf.paper.experiments import config_from_flags, parse_tool_flags
     from maml_tf.paper.figures import FiguresError
     from maml_tf.runtime import import_tensorflow
     import_tensorflow()  # without TensorFlow's start-up lines
     try:
-        values, rest = parse_flags(argv)
-        opts = {"out": "", "step": -1, "window": 10}
-        for a in rest:
-            name, eq, v = a[2:].partition("=") if a.startswith("--") else (a, "", "")
-            if name not in CURVE_FLAGS or not eq:
-                raise UsageError(f"unknown argument {a}: give main.py flags and --out, --step, --window "
-                                 f"as --name=value")
-            try:
-                opts[name] = CURVE_FLAGS[name](v)
-            except ValueError:
-                raise UsageError(f"--{name}={v} is not a valid {CURVE_FLAGS[name].__name__}") from None
+        values, opts = parse_tool_flags(argv, {"out": (str, ""), "step": (int, -1), "window": (int, 10)})
         if opts["window"] < 1:
             raise UsageError(f"--window={opts['window']}: give a number of points >= 1")
         values["train"] = False

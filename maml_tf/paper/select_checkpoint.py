@@ -30,9 +30,6 @@ import numpy as np
 
 from maml_tf.run.config import UsageError
 
-SELECT_FLAGS = {"column": int, "num_tasks": int, "select_seed": int, "split": str}
-
-
 @dataclasses.dataclass
 class Selection:
     exp_dir: str
@@ -108,19 +105,10 @@ def main(argv=None):
     if any(a in ("-h", "--help", "--helpfull") for a in argv):
         print(__doc__)
         return 0
-    from maml_tf.paper.experiments import config_from_flags, parse_flags
+    from maml_tf.paper.experiments import config_from_flags, parse_tool_flags
     try:
-        values, rest = parse_flags(argv)
-        opts = {"column": -1, "num_tasks": 600, "select_seed": 2, "split": "val"}
-        for a in rest:
-            name, eq, v = a[2:].partition("=") if a.startswith("--") else (a, "", "")
-            if name not in SELECT_FLAGS or not eq:
-                raise UsageError(f"unknown argument {a}: give main.py flags and --column, --num_tasks, "
-                                 f"--select_seed, --split as --name=value")
-            try:
-                opts[name] = SELECT_FLAGS[name](v)
-            except ValueError:
-                raise UsageError(f"--{name}={v} is not a valid {SELECT_FLAGS[name].__name__}") from None
+        values, opts = parse_tool_flags(argv, {"column": (int, -1), "num_tasks": (int, 600),
+                                               "select_seed": (int, 2), "split": (str, "val")})
         if opts["split"] not in ("val", "test", "train"):
             raise UsageError(f"--split={opts['split']}: use val (the meta-validation set)")
         values["train"] = False

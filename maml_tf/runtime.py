@@ -74,3 +74,10 @@ def import_tensorflow(quiet=True):
             tf.config.list_physical_devices()
         return tf
     return _quiet_stderr(load) if quiet else load()
+
+
+def quiet_start():
+    """For a command-line tool's ``__main__``: TensorFlow imported as main.py imports it,
+    without its C++ start-up lines (``TF_CPP_MIN_LOG_LEVEL`` 2 unless set)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return import_tensorflow()

@@ -4,6 +4,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from conftest import REPO_ROOT
 
 
@@ -45,3 +47,20 @@ def test_noop_when_tensorflow_already_imported():
         print(import_tensorflow() is tf0)
     """)
     assert res == ["True"]
+
+
+def test_command_line_tools_start_without_tensorflows_startup_lines():
+    """The tools' __main__ (maml_tf.runtime.quiet_start) hold back what a plain
+    ``import tensorflow`` prints on this machine (oneDNN notice, CUDA stubs, cuInit)."""
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    plain = subprocess.run([sys.executable, "-c", "import tensorflow as tf; tf.config.list_physical_devices()"],
+                           env=env, capture_output=True, text=True, timeout=300)
+    if not plain.stderr.strip():
+        pytest.skip("TensorFlow prints nothing at start-up here: nothing to hold back")
+    for tool in (["-m", "maml_tf.run.pretrained", "list"], ["-m", "maml_tf.paper.learning_curve", "--help"]):
+        proc = subprocess.run([sys.executable] + tool, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert proc.stderr.strip() == "", (tool, proc.stderr[-2000:])

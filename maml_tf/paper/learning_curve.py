@@ -141,8 +141,6 @@ def main(argv=None):
         return 0
     from maml_tf.paper.experiments import config_from_flags, parse_tool_flags
     from maml_tf.paper.figures import FiguresError
-    from maml_tf.runtime import import_tensorflow
-    import_tensorflow()  # without TensorFlow's start-up lines
     try:
         values, opts = parse_tool_flags(argv, {"out": (str, ""), "step": (int, -1), "window": (int, 10)})
         if opts["window"] < 1:
@@ -180,5 +178,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from maml_tf.runtime import quiet_start
+    quiet_start()
     sys.exit(main())

@@ -125,5 +125,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from maml_tf.runtime import quiet_start
+    quiet_start()
     sys.exit(main())

@@ -125,4 +125,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    from maml_tf.runtime import quiet_start
+    quiet_start()
     sys.exit(main())

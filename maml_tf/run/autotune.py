@@ -142,7 +142,8 @@ def choose_onednn(cfg, out=None, extensions=None, trial=onednn_trial):
     Linux x86-64 CPUs where TensorFlow would leave oneDNN off, when the user has not
     set the variable and ``MAML_TF_AUTOTUNE`` is not 0.  A training run measures
     (``trial``) once per machine and configuration and caches the choice; an
-    evaluation only reads the cache.  ``extensions``: the CPU's (tests).
+    evaluation, a distributed run and a machine with a GPU only read the cache.
+    ``extensions``: the CPU's (tests).
     """
     if "TF_ENABLE_ONEDNN_OPTS" in os.environ or os.environ.get("MAML_TF_AUTOTUNE", "1") == "0":
         return None
@@ -159,7 +160,10 @@ def choose_onednn(cfg, out=None, extensions=None, trial=onednn_trial):
     cache = _read_cache()
     entry = cache.get(machine, {}).get(key)
     if entry is None:
-        if not cfg.train:
+        # Measured by a training run on this machine only: not by an evaluation, nor by
+        # each worker of a distributed run, nor where a GPU does the convolutions.
+        gpu = os.path.exists("/dev/nvidia0") and os.environ.get("CUDA_VISIBLE_DEVICES", "x") not in ("", "-1")
+        if not cfg.train or cfg.distribution != "none" or gpu:
             return None
         if out is not None:
             out("This CPU has no AVX-512 VNNI/BF16 or AMX, so TensorFlow leaves its oneDNN kernels off: "

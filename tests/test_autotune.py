@@ -23,8 +23,11 @@ def test_measures_once_chooses_the_fastest_and_caches(cache, monkeypatch):
     spec, shapes = network_spec(cfg), input_shapes(cfg)
     fake = {("batched", True): 3.0, ("batched", False): 2.0, ("loop", True): 1.0, ("loop", False): 4.0}
     calls = []
-    monkeypatch.setattr(autotune, "measure",
-                        lambda spec, settings, shapes, mode, jit, steps=None: calls.append((mode, jit)) or fake[mode, jit])
+
+    def measure_all(spec, settings, shapes, options, steps=None):
+        calls.extend(options)
+        return {opt: fake[opt] for opt in options}
+    monkeypatch.setattr(autotune, "measure_all", measure_all)
     lines = []
     assert autotune.choose(spec, SETTINGS, shapes, out=lines.append) == ("loop", True)
     assert sorted(calls) == sorted(fake) and "using loop with XLA" in lines[0]
@@ -57,10 +60,40 @@ def test_real_measurement_and_build_model(cache):
     assert set(entry["seconds"]) == {"batched/xla", "batched/graph", "loop/xla", "loop/graph"}
 
 
+def test_candidates_are_timed_interleaved_so_a_stall_hits_all_alike(monkeypatch):
+    """A pause of the process (or a burst of load elsewhere) during the measurement:
+    timed one after the other, the candidate it hits looks slow; interleaved, every
+    candidate sees it once per round at most and the medians keep the true order."""
+    cfg = Config(datasource="sinusoid", norm="None", meta_batch_size=2, update_batch_size=3)
+    spec, shapes = network_spec(cfg), input_shapes(cfg)
+    cost = {"batched": 0.002, "loop": 0.004}  # the true step times: batched is faster
+    clock = {"t": 0.0, "calls": 0}
+
+    class Fake:
+        def __init__(self, spec, task_mode, jit_compile, **settings):
+            self.mode = task_mode
+
+        def metatrain_step(self, *batch):
+            clock["calls"] += 1
+            # A stall over the 5th-10th calls of a measurement (a pause of the process).
+            clock["t"] += cost[self.mode] + (0.1 if 5 <= clock["calls"] <= 10 else 0.0)
+    import maml_tf.methods.maml as maml_module
+    monkeypatch.setattr(maml_module, "MAML", Fake)
+    monkeypatch.setattr(autotune.time, "perf_counter", lambda: clock["t"])
+    settings = dict(SETTINGS, update_batch_size=3)
+    timings = autotune.measure_all(spec, settings, shapes, [("batched", False), ("loop", False)], steps=8)
+    assert timings[("batched", False)] == pytest.approx(0.002)
+    assert timings[("loop", False)] == pytest.approx(0.004)
+    # The same stall on a candidate timed alone, 8 steps in a block: it looks 25x slower.
+    clock["calls"] = 0
+    alone = autotune.measure_all(spec, settings, shapes, [("batched", False)], steps=8)
+    assert alone[("batched", False)] > 0.05
+
+
 def test_disabled_takes_the_static_default(cache, monkeypatch):
     monkeypatch.setenv("MAML_TF_AUTOTUNE", "0")
     cfg = Config(datasource="sinusoid", norm="None")
-    monkeypatch.setattr(autotune, "measure", lambda *a, **k: pytest.fail("measured"))
+    monkeypatch.setattr(autotune, "measure_all", lambda *a, **k: pytest.fail("measured"))
     assert autotune.choose(network_spec(cfg), SETTINGS, input_shapes(cfg)) == ("batched", True)
     assert not cache.exists()
 

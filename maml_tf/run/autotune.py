@@ -17,7 +17,7 @@ batched conv path falls back to per-task convolutions glued with Concat/Slice an
 ``loop`` wins; XLA fuses the fc nets' hundred tiny kernels (sinusoid 2x faster) but runs
 CPU convolutions several times slower than oneDNN.  So the first run of a configuration
 times each candidate on a few steps of random data of the right shapes (a fresh model
-per candidate; the real model is untouched) and keeps the fastest; the choice is cached
+per candidate, timed interleaved; the real model is untouched) and keeps the fastest; the choice is cached
 per machine (CPU model, vector extensions, CPUs available, GPUs, TensorFlow version)
 and configuration in ``$MAML_TF_CACHE_DIR`` or ``~/.cache/maml_tf/autotune.json``, so
 later runs start at once.  ``MAML_TF_AUTOTUNE=0`` skips the measurement and takes the
@@ -268,7 +268,7 @@ def choose(spec, settings, shapes, task_mode=None, jit_compile=None, out=None, s
     entry = cache.get(machine, {}).get(sig)
     if entry is not None and tuple(entry["choice"]) in options:
         return tuple(entry["choice"])
-    timings = {opt: measure(spec, settings, shapes, *opt, steps=steps) for opt in options}
+    timings = measure_all(spec, settings, shapes, options, steps=steps)
     best = min(timings, key=timings.get)
     cache.setdefault(machine, {})[sig] = {
         "choice": list(best), "seconds": {f"{m}/{'xla' if j else 'graph'}": t for (m, j), t in timings.items()},
@@ -281,11 +281,7 @@ def choose(spec, settings, shapes, task_mode=None, jit_compile=None, out=None, s
     return best
 
 
-def measure(spec, settings, shapes, task_mode, jit_compile, steps=None):
-    """Median seconds of one meta-training step of a fresh model on random data."""
-    from maml_tf.methods.maml import MAML
-    import tensorflow as tf
-    model = MAML(spec, task_mode=task_mode, jit_compile=jit_compile, **settings)
+def _random_batch(shapes, tf):
     rng = np.random.default_rng(0)
     batch = []
     for i, shape in enumerate(shapes):
@@ -295,18 +291,47 @@ def measure(spec, settings, shapes, task_mode, jit_compile, steps=None):
         else:
             x = rng.uniform(0, 1, shape)
         batch.append(tf.constant(np.asarray(x, np.float32)))
-    model.metatrain_step(*batch)  # trace / compile
-    model.metatrain_step(*batch)
-    if steps is None:  # about a second of timing, at least 3 steps
-        t0 = time.perf_counter()
-        model.metatrain_step(*batch)
-        steps = int(min(200, max(3, 1.0 / max(time.perf_counter() - t0, 1e-6))))
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        model.metatrain_step(*batch)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return batch
+
+
+def measure_all(spec, settings, shapes, options, steps=None):
+    """{(task_mode, jit_compile): median seconds of one meta-training step} for each
+    of ``options``, fresh models on random data.
+
+    The candidates are timed interleaved, one step of each in turn (the order rotating
+    every round), not one after another: a burst of load from elsewhere, or the
+    process being paused, then lands on every candidate alike instead of making one
+    of them look slow, and the cached choice is not decided by it.  Each model is
+    compiled and run twice before timing; ``steps`` rounds (default: about a second of
+    the slowest candidate, at least 3, at most 200)."""
+    from maml_tf.methods.maml import MAML
+    import tensorflow as tf
+    batch = _random_batch(shapes, tf)
+    models = {}
+    for opt in options:
+        models[opt] = MAML(spec, task_mode=opt[0], jit_compile=opt[1], **settings)
+        models[opt].metatrain_step(*batch)  # trace / compile
+        models[opt].metatrain_step(*batch)
+    if steps is None:
+        slowest = 0.0
+        for model in models.values():
+            t0 = time.perf_counter()
+            model.metatrain_step(*batch)
+            slowest = max(slowest, time.perf_counter() - t0)
+        steps = int(min(200, max(3, 1.0 / max(slowest, 1e-6))))
+    times = {opt: [] for opt in options}
+    order = list(options)
+    for r in range(steps):
+        for opt in order[r % len(order):] + order[:r % len(order)]:
+            t0 = time.perf_counter()
+            models[opt].metatrain_step(*batch)
+            times[opt].append(time.perf_counter() - t0)
+    return {opt: statistics.median(t) for opt, t in times.items()}
+
+
+def measure(spec, settings, shapes, task_mode, jit_compile, steps=None):
+    """Median seconds of one meta-training step of a fresh model on random data."""
+    return measure_all(spec, settings, shapes, [(task_mode, jit_compile)], steps)[(task_mode, jit_compile)]
 
 
 def _trial_main(payload):

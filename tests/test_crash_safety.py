@@ -7,6 +7,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from tests.conftest import REPO_ROOT
@@ -145,3 +146,26 @@ def test_fused_steps_equal_single_steps_across_a_resume(tmp_path, monkeypatch):
         assert states[name].keys() == states["fused"].keys()
         for k in states["fused"]:
             np.testing.assert_array_equal(states[name][k], states["fused"][k], err_msg=f"{name}: {k}")
+
+
+@pytest.mark.parametrize("relative", [False, True], ids=["absolute_logdir", "relative_logdir"])
+def test_checkpoint_index_holds_bare_names_that_tensorflow_resolves(tmp_path, monkeypatch, relative):
+    """The index file ('checkpoint') names model<itr> relative to its own folder whether the
+    log directory was given absolute or relative, so that tf.train.latest_checkpoint (what
+    the original's test calls) finds the file, and the folder can be moved."""
+    import tensorflow as tf
+    from maml_tf.core.networks import build_network
+    from maml_tf.methods.maml import MAML
+    from maml_tf.run.checkpoints import CheckpointManager
+    monkeypatch.chdir(tmp_path)
+    folder = os.path.join("logs", "run") if relative else str(tmp_path / "logs" / "run")
+    model = MAML(build_network("sinusoid", 1, 1, norm="None"), loss="mse", update_batch_size=2)
+    manager = CheckpointManager(folder, model, max_to_keep=2)
+    for itr in (3, 7, 9):
+        manager.save(itr, itr + 1)
+    index = (tmp_path / "logs" / "run" / "checkpoint").read_text()
+    assert 'model_checkpoint_path: "model9"' in index and "model3" not in index and ".." not in index
+    assert os.path.abspath(tf.train.latest_checkpoint(folder)) == str(tmp_path / "logs" / "run" / "model9")
+    moved = tmp_path / "elsewhere"
+    os.rename(tmp_path / "logs", moved)
+    assert tf.train.latest_checkpoint(str(moved / "run")) == str(moved / "run" / "model9")

@@ -66,9 +66,16 @@ class CheckpointManager:
         kept, dropped = listed[-self.max_to_keep:], listed[:-self.max_to_keep]
         # The index names a checkpoint only once it is completely written (relative
         # names, so that a log directory can be moved); old ones go only after that.
+        # TensorFlow rewrites a relative name relative to a relative directory as if
+        # the name were relative to the working directory: give it the path from there
+        # then, so that the index holds the bare name ('model<itr>', not '../../../model<itr>',
+        # which tf.train.latest_checkpoint and the original's test would resolve wrongly).
+        def name(p):
+            return os.path.basename(p) if os.path.isabs(self.directory) else os.path.join(
+                self.directory, os.path.basename(p))
         tf.compat.v1.train.update_checkpoint_state(
-            self.directory, model_checkpoint_path=os.path.basename(path),
-            all_model_checkpoint_paths=[os.path.basename(p) for p in kept])
+            self.directory, model_checkpoint_path=name(path),
+            all_model_checkpoint_paths=[name(p) for p in kept])
         for old in dropped:
             for f in tf.io.gfile.glob(old + ".*"):
                 tf.io.gfile.remove(f)

@@ -56,15 +56,15 @@ def main(argv):
     from maml_tf.data.image_data import DataError, check_data_dir
     try:
         cfg = config_from_flags()
-        if cfg.train and cfg.datasource in ("omniglot", "miniimagenet"):
-            check_data_dir(cfg.datasource, cfg.data_dir)
+        # Before TensorFlow loads: on a CPU where TensorFlow leaves oneDNN off, whether to
+        # turn it on is measured (once per machine and configuration; maml_tf.run.autotune),
+        # after a check that the data are there (a missing folder is reported at once).
+        from maml_tf.run.autotune import choose_onednn
+        choose_onednn(cfg, out=lambda line: print(line, flush=True),
+                      before_trial=lambda: check_data_dir(cfg.datasource, cfg.data_dir))
     except (UsageError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    # Before TensorFlow loads: on a CPU where TensorFlow leaves oneDNN off, whether to
-    # turn it on is measured (once per machine and configuration; maml_tf.run.autotune).
-    from maml_tf.run.autotune import choose_onednn
-    choose_onednn(cfg, out=lambda line: print(line, flush=True))
     from maml_tf.runtime import import_tensorflow
     import_tensorflow()
     from maml_tf.run import train as training

@@ -151,15 +151,26 @@ def test_choose_onednn_measures_once_and_obeys_the_user(cache, onednn_unset):
         calls.append(cfg)
         return {"0": 2.0, "1": 1.0}
     cfg = Config(**OMNI)
-    assert autotune.choose_onednn(cfg, lines.append, extensions=ZEN2, trial=trial) == "1"
-    assert os.environ["TF_ENABLE_ONEDNN_OPTS"] == "1" and len(calls) == 1
+    checked = []
+    assert autotune.choose_onednn(cfg, lines.append, extensions=ZEN2, trial=trial,
+                                  before_trial=lambda: checked.append(1)) == "1"
+    assert os.environ["TF_ENABLE_ONEDNN_OPTS"] == "1" and len(calls) == 1 and checked == [1]
+    # A check before the trial that fails stops it (main.py: the data folder).
+    onednn_unset.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+
+    def missing():
+        raise ValueError("no data")
+    with pytest.raises(ValueError, match="no data"):
+        autotune.choose_onednn(Config(**dict(OMNI, num_filters=4)), extensions=ZEN2, trial=trial,
+                               before_trial=missing)
+    assert len(calls) == 1 and "TF_ENABLE_ONEDNN_OPTS" not in os.environ
     assert "oneDNN on" in lines[-1] and "1 s" in lines[-1] and "2 s" in lines[-1]
     # Cached: neither the same run again nor its evaluation (--train=False) measures.
     for again in (cfg, Config(**OMNI, train=False, logdir="elsewhere", metatrain_iterations=5)):
-        onednn_unset.delenv("TF_ENABLE_ONEDNN_OPTS")
+        onednn_unset.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
         assert autotune.choose_onednn(again, extensions=ZEN2, trial=trial) == "1" and len(calls) == 1
     # An evaluation of a configuration never trained here does not measure.
-    onednn_unset.delenv("TF_ENABLE_ONEDNN_OPTS")
+    onednn_unset.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
     assert autotune.choose_onednn(Config(**dict(OMNI, meta_batch_size=4), train=False), extensions=ZEN2,
                                   trial=trial) is None
     assert "TF_ENABLE_ONEDNN_OPTS" not in os.environ and len(calls) == 1
@@ -171,7 +182,7 @@ def test_choose_onednn_measures_once_and_obeys_the_user(cache, onednn_unset):
     onednn_unset.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
     assert autotune.choose_onednn(Config(**dict(OMNI, num_filters=16)), extensions=ZEN2, trial=trial) is None
     assert os.environ["TF_ENABLE_ONEDNN_OPTS"] == "0"
-    onednn_unset.delenv("TF_ENABLE_ONEDNN_OPTS")
+    onednn_unset.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
     for c, ext in ((Config(**dict(OMNI, num_filters=16)), SAPPHIRE_RAPIDS),
                    (Config(datasource="sinusoid", norm="None"), ZEN2)):
         assert autotune.choose_onednn(c, extensions=ext, trial=trial) is None

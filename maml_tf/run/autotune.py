@@ -134,7 +134,7 @@ def onednn_trial(cfg):
     return seconds
 
 
-def choose_onednn(cfg, out=None, extensions=None, trial=onednn_trial):
+def choose_onednn(cfg, out=None, extensions=None, trial=onednn_trial, before_trial=None):
     """Set ``TF_ENABLE_ONEDNN_OPTS`` for ``cfg``'s run where measuring shows it matters;
     call before TensorFlow is imported.  Returns the value set, or None (left alone).
 
@@ -143,7 +143,9 @@ def choose_onednn(cfg, out=None, extensions=None, trial=onednn_trial):
     set the variable and ``MAML_TF_AUTOTUNE`` is not 0.  A training run measures
     (``trial``) once per machine and configuration and caches the choice; an
     evaluation, a distributed run and a machine with a GPU only read the cache.
-    ``extensions``: the CPU's (tests).
+    ``before_trial``: called just before a trial (main.py checks the data folder
+    there, so a missing dataset is reported before minutes of timing); ``extensions``:
+    the CPU's (tests).
     """
     if "TF_ENABLE_ONEDNN_OPTS" in os.environ or os.environ.get("MAML_TF_AUTOTUNE", "1") == "0":
         return None
@@ -165,6 +167,8 @@ def choose_onednn(cfg, out=None, extensions=None, trial=onednn_trial):
         gpu = os.path.exists("/dev/nvidia0") and os.environ.get("CUDA_VISIBLE_DEVICES", "x") not in ("", "-1")
         if not cfg.train or cfg.distribution != "none" or gpu:
             return None
+        if before_trial is not None:
+            before_trial()
         if out is not None:
             out("This CPU has no AVX-512 VNNI/BF16 or AMX, so TensorFlow leaves its oneDNN kernels off: "
                 "timing the step with and without them (once per machine and configuration)...")

@@ -121,20 +121,26 @@ def _spec(config):
 
 
 # ---------------------------------------------------------------------------- ours
-def build(config, first_order=False, task_mode=None, xla=None):
-    """(model, cfg, next_batch): the model of ``config`` as build_model makes it, and the
-    data source of the anchors (weights and data from one default_rng(0) stream)."""
-    import numpy as np
+def _config(config, first_order=False, task_mode=None, xla=None):
+    """The Config of ``config``'s usage line as main.py would make it."""
     sys.path.insert(0, str(REPO))
     from maml_tf.run.config import Config
-    from maml_tf.run.model import build_model
-
     fields = dict(CONFIGS[config], stop_grad=first_order, seed=0)
     if task_mode:
         fields["task_mode"] = task_mode
     # None: what main.py runs (maml_tf.run.autotune: measured on this machine, cached)
     fields["xla"] = None if xla is None else xla == "on"
-    cfg = Config(**fields)
+    return Config(**fields)
+
+
+def build(config, first_order=False, task_mode=None, xla=None):
+    """(model, cfg, next_batch): the model of ``config`` as build_model makes it, and the
+    data source of the anchors (weights and data from one default_rng(0) stream)."""
+    import numpy as np
+    sys.path.insert(0, str(REPO))
+    from maml_tf.run.model import build_model
+
+    cfg = _config(config, first_order, task_mode, xla)
     model = build_model(cfg, tune=True, out=lambda line: print(line, file=sys.stderr))
     rng = np.random.default_rng(0)
     model.spec.init(rng=rng)  # advance the stream past the weights, as the anchors do
@@ -154,13 +160,8 @@ def cpu_description():
 def choose_onednn(config, first_order=False, task_mode=None, xla=None):
     """As main.py, before TensorFlow loads: oneDNN on or off where TensorFlow's default
     leaves it off (maml_tf.run.autotune.choose_onednn); returns what the step runs with."""
-    sys.path.insert(0, str(REPO))
-    from maml_tf.run.config import Config
     from maml_tf.run.autotune import choose_onednn as choose
-    fields = dict(CONFIGS[config], stop_grad=first_order, seed=0, xla=None if xla is None else xla == "on")
-    if task_mode:
-        fields["task_mode"] = task_mode
-    choose(Config(**fields), out=lambda line: print(line, file=sys.stderr))
+    choose(_config(config, first_order, task_mode, xla), out=lambda line: print(line, file=sys.stderr))
     return os.environ.get("TF_ENABLE_ONEDNN_OPTS", "tf-default")
 
 

@@ -43,6 +43,7 @@ def parse_tool_flags(argv, options):
             raise UsageError(f"--{name}={v} is not a valid {kind.__name__}") from None
     return values, opts
 
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # The authors' released miniImageNet 5-way 1-shot checkpoint, relative to the repository root
 # (reproduce/run.py resolves it from there).

@@ -32,6 +32,7 @@ import numpy as np
 
 from maml_tf.run.config import UsageError
 
+
 def read_scalars(folder, tag):
     """{iteration: value} of ``tag`` in the event files directly in ``folder``; where an
     iteration was written more than once (a resumed run), the latest record wins."""

@@ -117,12 +117,13 @@ def onednn_trial(cfg):
     with ``TF_ENABLE_ONEDNN_OPTS`` = 0 and = 1: {'0': s, '1': s} (a setting whose child
     failed is left out)."""
     payload = json.dumps({k: v for k, v in _config_fields(cfg).items() if k != "explicit"}, default=str)
+    # The child imports this package from where this process found it.
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    base = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    base["PYTHONPATH"] = os.pathsep.join([root] + ([base["PYTHONPATH"]] if base.get("PYTHONPATH") else []))
     seconds = {}
     for value in ("0", "1"):
-        env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS=value, TF_CPP_MIN_LOG_LEVEL="2")
-        # The child imports this package from where this process found it.
-        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        env["PYTHONPATH"] = os.pathsep.join([root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+        env = dict(base, TF_ENABLE_ONEDNN_OPTS=value)
         try:
             proc = subprocess.run([sys.executable, "-m", "maml_tf.run.autotune", "--trial", payload],
                                   env=env, capture_output=True, text=True, timeout=900)
@@ -156,7 +157,7 @@ def choose_onednn(cfg, out=None, extensions=None, trial=onednn_trial, before_tri
         cpu["extensions"] = list(extensions)
     if tf_onednn_default(cpu["extensions"]) is not False:
         return None
-    machine = f"{cpu['model']}|{','.join(cpu['extensions'])}|cpus={cpu['cpus']}|tf={_tf_version()}|onednn-choice"
+    machine = f"{_cpu_key(cpu)}|tf={_tf_version()}|onednn-choice"
     key = json.dumps({k: v for k, v in _config_fields(cfg).items() if k not in _NOT_STEP},
                      sort_keys=True, default=str)
     cache = _read_cache()
@@ -189,12 +190,14 @@ def choose_onednn(cfg, out=None, extensions=None, trial=onednn_trial, before_tri
     return entry["choice"]
 
 
+def _cpu_key(cpu):
+    return f"{cpu['model']}|{','.join(cpu['extensions'])}|cpus={cpu['cpus']}"
+
+
 def _machine_key(tf):
     gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
-    cpu = cpu_description()
     onednn = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "")
-    return (f"{cpu['model']}|{','.join(cpu['extensions'])}|cpus={cpu['cpus']}|gpus={','.join(gpus)}|"
-            f"tf={tf.__version__}|onednn={onednn}")
+    return f"{_cpu_key(cpu_description())}|gpus={','.join(gpus)}|tf={tf.__version__}|onednn={onednn}"
 
 
 def _cache_path():
@@ -259,30 +262,41 @@ def choose(spec, settings, shapes, task_mode=None, jit_compile=None, out=None, s
     fixed are obeyed; the rest is measured once per machine and configuration (see the
     module docstring).  ``out`` receives one line when a measurement is made.
     """
+    return _choose(spec, settings, shapes, task_mode, jit_compile, out, steps)[0]
+
+
+def _path_name(opt):
+    return f"{opt[0]}/{'xla' if opt[1] else 'graph'}"
+
+
+def _choose(spec, settings, shapes, task_mode, jit_compile, out, steps):
+    """:func:`choose`'s (task_mode, jit_compile) and the chosen path's measured seconds
+    per step (None where nothing was measured: a single candidate, autotuning off)."""
     from maml_tf.runtime import import_tensorflow
     tf = import_tensorflow()
     options = candidates(spec, tf, task_mode, jit_compile)
     if len(options) == 1:
-        return options[0]
+        return options[0], None
     if os.environ.get("MAML_TF_AUTOTUNE", "1") == "0":
         mode, jit = static_choice(spec, tf)
-        return (task_mode or mode, jit if jit_compile is None else jit_compile)
+        return (task_mode or mode, jit if jit_compile is None else jit_compile), None
     machine, sig = _machine_key(tf), _signature(spec, settings, shapes)
     cache = _read_cache()
     entry = cache.get(machine, {}).get(sig)
     if entry is not None and tuple(entry["choice"]) in options:
-        return tuple(entry["choice"])
+        best = tuple(entry["choice"])
+        return best, entry["seconds"].get(_path_name(best))
     timings = measure_all(spec, settings, shapes, options, steps=steps)
     best = min(timings, key=timings.get)
     cache.setdefault(machine, {})[sig] = {
-        "choice": list(best), "seconds": {f"{m}/{'xla' if j else 'graph'}": t for (m, j), t in timings.items()},
+        "choice": list(best), "seconds": {_path_name(opt): t for opt, t in timings.items()},
         "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
     _write_cache(cache)
     if out is not None:
         table = ", ".join(f"{m}{'+XLA' if j else ''} {t * 1e3:.3g} ms" for (m, j), t in timings.items())
         out(f"Timed the step's paths on this machine ({table}): using {best[0]}"
             f"{' with XLA' if best[1] else ''} (cached in {_cache_path()})")
-    return best
+    return best, timings[best]
 
 
 def _random_batch(shapes, tf):
@@ -348,11 +362,9 @@ def _trial_main(payload):
     cfg = Config(**json.loads(payload))
     spec, shapes, settings = network_spec(cfg), input_shapes(cfg), step_settings(cfg)
     task_mode = None if cfg.task_mode == "auto" else cfg.task_mode
-    best = choose(spec, settings, shapes, task_mode, cfg.xla)
-    import tensorflow as tf
-    entry = _read_cache().get(_machine_key(tf), {}).get(_signature(spec, settings, shapes))
-    seconds = (entry["seconds"][f"{best[0]}/{'xla' if best[1] else 'graph'}"] if entry
-               else measure(spec, settings, shapes, *best))
+    best, seconds = _choose(spec, settings, shapes, task_mode, cfg.xla, None, None)
+    if seconds is None:  # nothing to choose between: time the one path
+        seconds = measure(spec, settings, shapes, *best)
     print(json.dumps({"choice": list(best), "seconds": seconds}), flush=True)
 
 

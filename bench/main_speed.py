@@ -1,21 +1,32 @@
 #!/usr/bin/env python
 """main.py's training speed beside the benchmarked step, from one run of each, interleaved.
 
-    python bench/main_speed.py --config omniglot5w1s [--first_order] [--iters 110] [--warmup 10]
+    python bench/main_speed.py --config omniglot5w1s [--first_order] [--iters 310] [--warmup 10]
                                (sinusoid: --iters 3000 --warmup 300 by default)
-                               [--rounds 1] [--data_dir ./data] [--threads 2]
+                               [--slice 10] [--rounds 1] [--data_dir ./data] [--threads 2]
 
 Runs ``main.py`` with the configuration's original usage-line flags (as
 bench/meta_step.py's CONFIGS), ``--metatrain_iterations=ITERS``, no checkpoint until
-the end and ``--step_times`` (every iteration's end time), then ``bench/meta_step.py``
-on the same configuration, ``--rounds`` times alternately.  main.py's steady state is
-its iterations after ``--warmup`` (start-up: imports, data loading, path timing, tracing)
-and without a checkpoint write; it still holds everything a training run does per
-iteration (drawing tasks in the prefetch thread, the summaries and validation every 100
-iterations, the checks, the progress lines).  Printed: one JSON line per run, then a
-summary line with main.py's mean and median seconds per iteration, the step's median
-and the ratio main.py mean / step median (target: at most 1.1), with the CPU model and
-its vector extensions.
+the end and ``--step_times`` (every iteration's end time), and ``bench/meta_step.py``
+on the same configuration, interleaved: the two processes take turns of ``--slice``
+seconds, one stopped (SIGSTOP) while the other runs (SIGCONT), so that both are
+measured over the same stretch of time (a machine that slows down, a neighbour on the
+host, a change of clock speed hits both alike) and never compete for the CPUs.  The
+step starts first and runs alone through its start-up and warm-up (any path timing
+of the autotuner happens then, undisturbed, and main.py reads the cached choice),
+then main.py starts; from there only one of them runs at any moment.  Each one's
+iteration times leave out the seconds it spent stopped (the clock is the system's
+monotonic clock, time.perf_counter in both processes), so an iteration cut by a
+turn counts with its running time only and none is dropped.
+
+main.py's steady state is its iterations after ``--warmup`` (start-up: imports, data
+loading, tracing) and without a checkpoint write; it still holds everything a training
+run does per iteration (drawing tasks in the prefetch thread, the summaries and
+validation every 100 iterations, the checks, the progress lines); the default
+``--iters`` holds 3 summary iterations in 300 steady ones, as a long run does.
+Printed: one JSON line per run, then a summary line with main.py's mean and median
+seconds per iteration, the step's median and the ratio main.py mean / step median
+(target: at most 1.1), with the CPU model and its vector extensions.
 
 Image data: Omniglot is read from ``--data_dir`` (prepare it first: README); for
 miniImageNet a synthetic folder of the real layout (64/16/20 classes, 20 JPEG images of
@@ -25,17 +36,20 @@ import argparse
 import json
 import os
 import pathlib
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 
 import numpy as np
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO))
-from meta_step import CONFIGS  # noqa: E402
+from meta_step import CONFIGS, READY_MARKER as READY  # noqa: E402
 from maml_tf.run.autotune import cpu_description  # noqa: E402
 
 
@@ -58,38 +72,119 @@ def flag_args(config, first_order):
     return args + (["--stop_grad=True"] if first_order else [])
 
 
-def run_main(args, data_dir, work):
-    times = work / "times.npy"
-    cmd = [sys.executable, str(REPO / "main.py")] + flag_args(args.config, args.first_order) + [
+class _Proc:
+    """A child process whose stopped stretches are recorded (perf_counter pairs)."""
+
+    def __init__(self, name, cmd, log, **kw):
+        self.name, self.stops, self._stopped_at = name, [], None
+        self.log = open(log, "w")
+        self.p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+        self.ready = threading.Event()
+        self.lines = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        for line in self.p.stdout:
+            self.lines.append(line)
+            self.log.write(line)
+            if READY in line:
+                self.ready.set()
+        self.ready.set()  # ended
+
+    def alive(self):
+        return self.p.poll() is None
+
+    def stop(self):
+        if self.alive() and self._stopped_at is None:
+            self._stopped_at = time.perf_counter()
+            self.p.send_signal(signal.SIGSTOP)
+
+    def cont(self):
+        if self._stopped_at is not None:
+            self.p.send_signal(signal.SIGCONT)
+            self.stops.append((self._stopped_at, time.perf_counter()))
+            self._stopped_at = None
+
+    def finish(self, timeout, others=()):
+        """Wait for the end (continuing it if stopped); if it failed, kill ``others`` and exit."""
+        self.cont()
+        try:
+            self.p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        if self.alive():
+            self.p.kill()
+            self.p.wait()
+        self._reader.join(5)
+        self.log.close()
+        if self.p.returncode != 0:
+            for other in others:
+                other.cont()
+                if other.alive():
+                    other.p.kill()
+            sys.exit(f"{self.name} failed (exit {self.p.returncode}):\n{''.join(self.lines)[-3000:]}")
+
+
+def running_seconds(start, end, stops):
+    """Seconds of [start, end] outside the stopped stretches ``stops`` ((from, to) pairs)."""
+    return (end - start) - sum(max(0.0, min(end, b) - max(start, a)) for a, b in stops)
+
+
+def main_steady(times, warmup, stops):
+    """main.py's steady-state iteration times from its --step_times rows (iteration, end,
+    checkpoint written): after ``warmup``, no checkpoint, stopped stretches left out."""
+    t = np.asarray(times)
+    keep = [k for k in range(1, len(t)) if t[k, 0] >= warmup and t[k, 2] == 0]
+    return np.array([running_seconds(t[k - 1, 1], t[k, 1], stops) for k in keep])
+
+
+def interleaved(args, data_dir, work):
+    """One main.py run and one bench/meta_step.py run in turns of args.slice seconds."""
+    first_order = ["--first_order"] if args.first_order else []
+    step_cmd = [sys.executable, str(REPO / "bench" / "meta_step.py"), "--config", args.config,
+                "--threads", str(args.threads), "--iters", str(max(args.iters - args.warmup, 3)),
+                "--step_times", str(work / "step_times.npy"), "--ready_marker"] + first_order
+    main_cmd = ["taskset", "-c", ",".join(map(str, sorted(os.sched_getaffinity(0))[:args.threads])),
+                sys.executable, str(REPO / "main.py")] + flag_args(args.config, args.first_order) + [
         f"--metatrain_iterations={args.iters}", f"--save_interval={args.iters + 1}",
-        f"--logdir={work / 'logs'}", f"--data_dir={data_dir}", f"--step_times={times}",
+        f"--logdir={work / 'logs'}", f"--data_dir={data_dir}", f"--step_times={work / 'main_times.npy'}",
         "--resume=False"]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    r = subprocess.run(["taskset", "-c", ",".join(map(str, sorted(os.sched_getaffinity(0))[:args.threads]))] + cmd,
-                       capture_output=True, text=True, env=env, cwd=REPO)
-    if r.returncode != 0:
-        sys.exit(f"main.py failed:\n{r.stderr[-3000:]}")
-    t = np.load(times)
-    d = np.diff(t[:, 1])
-    keep = (t[1:, 0] >= args.warmup) & (t[1:, 2] == 0)
-    steady = d[keep]
-    return {"run": "main.py", "config": args.config, "first_order": args.first_order,
-            "iters": int(keep.sum()), "sec_per_iter_mean": float(steady.mean()),
-            "sec_per_iter_median": float(np.median(steady)),
-            "sec_per_iter_max": float(steady.max())}
-
-
-def run_step(args):
-    cmd = [sys.executable, str(REPO / "bench" / "meta_step.py"), "--config", args.config,
-           "--threads", str(args.threads)] + (["--first_order"] if args.first_order else [])
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO,
-                       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-    if r.returncode != 0:
-        sys.exit(f"bench/meta_step.py failed:\n{r.stderr[-3000:]}")
-    line = json.loads(r.stdout.strip().splitlines()[-1])
-    return {"run": "bench/meta_step.py", "config": args.config, "first_order": args.first_order,
-            "iters": line["iters"], "sec_per_iter_median": line["sec_per_iter_median"],
-            "tasks": line.get("tasks"), "xla": line.get("xla")}
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+    step = _Proc("bench/meta_step.py", step_cmd, work / "step.log", cwd=REPO, env=env)
+    step.ready.wait(args.timeout)  # alone through start-up, path timing and warm-up
+    if step.p.poll() not in (None, 0):
+        step.finish(1)  # it failed: say why now
+    step.stop()
+    main = _Proc("main.py", main_cmd, work / "main.log", cwd=REPO, env=env)
+    running, other = main, step
+    deadline = time.time() + args.timeout
+    while time.time() < deadline:
+        turn_end = time.perf_counter() + args.slice
+        while time.perf_counter() < turn_end and running.alive():
+            time.sleep(0.02)
+        if not running.alive():
+            break
+        if other.alive():
+            running.stop()
+            other.cont()
+            running, other = other, running
+    main.finish(max(deadline - time.time(), 1), others=[step])
+    step.finish(max(deadline - time.time(), 1))
+    steady = main_steady(np.load(work / "main_times.npy"), args.warmup, main.stops)
+    spans = np.load(work / "step_times.npy")
+    step_times = np.array([running_seconds(a, b, step.stops) for a, b in spans])
+    line = json.loads(step.lines[-1])
+    turns = len(main.stops) + len(step.stops)
+    return ({"run": "main.py", "config": args.config, "first_order": args.first_order,
+             "iters": len(steady), "sec_per_iter_mean": float(steady.mean()),
+             "sec_per_iter_median": float(np.median(steady)), "sec_per_iter_max": float(steady.max()),
+             "stopped_turns": len(main.stops)},
+            {"run": "bench/meta_step.py", "config": args.config, "first_order": args.first_order,
+             "iters": len(step_times), "sec_per_iter_median": float(np.median(step_times)),
+             "sec_per_iter_median_own_timer": line["sec_per_iter_median"],
+             "stopped_turns": len(step.stops), "tasks": line.get("tasks"), "xla": line.get("xla"),
+             "turns": turns})
 
 
 def main():
@@ -97,17 +192,22 @@ def main():
     ap.add_argument("--config", choices=sorted(CONFIGS), required=True)
     ap.add_argument("--first_order", action="store_true")
     ap.add_argument("--iters", type=int, default=None,
-                    help="main.py's iterations (default 110; sinusoid 3000: its steps take 0.3 ms)")
+                    help="main.py's iterations (default 310: 3 summary iterations in 300 steady ones; "
+                         "miniImageNet 110; sinusoid 3000: its steps take 0.3 ms)")
     ap.add_argument("--warmup", type=int, default=None,
                     help="iterations left out as start-up (default 10; sinusoid 300: the first fused call "
                          "compiles the 99-step loop)")
-    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--slice", type=float, default=None,
+                    help="seconds of each turn (default 10; miniImageNet 20: a step takes seconds)")
+    ap.add_argument("--rounds", type=int, default=1, help="interleaved pairs of runs (the summary takes medians)")
+    ap.add_argument("--timeout", type=float, default=3600, help="seconds per interleaved pair")
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--data_dir", default=str(REPO / "data"))
     args = ap.parse_args()
     source = CONFIGS[args.config]["datasource"]
     sine = source == "sinusoid"
-    args.iters = args.iters or (3000 if sine else 110)
+    args.iters = args.iters or (3000 if sine else 110 if source == "miniimagenet" else 310)
+    args.slice = args.slice or (20.0 if source == "miniimagenet" else 10.0)
     args.warmup = args.warmup if args.warmup is not None else (300 if sine else 10)
     if args.iters <= args.warmup + 1:
         sys.exit("--iters must exceed --warmup by at least 2")
@@ -122,13 +222,14 @@ def main():
         for r in range(args.rounds):
             work = tmp / f"round{r}"
             work.mkdir()
-            mains.append(run_main(args, data_dir, work))
-            print(json.dumps(mains[-1]), flush=True)
-            steps.append(run_step(args))
-            print(json.dumps(steps[-1]), flush=True)
+            m, st = interleaved(args, data_dir, work)
+            mains.append(m)
+            steps.append(st)
+            print(json.dumps(m), flush=True)
+            print(json.dumps(st), flush=True)
     main_mean = statistics.median(m["sec_per_iter_mean"] for m in mains)
     step = statistics.median(s["sec_per_iter_median"] for s in steps)
-    print(json.dumps({"summary": args.config, "first_order": args.first_order, "rounds": args.rounds,
+    print(json.dumps({"summary": args.config, "first_order": args.first_order, "rounds": args.rounds, "slice_s": args.slice,
                       "main_sec_per_iter_mean": main_mean,
                       "main_sec_per_iter_median": statistics.median(m["sec_per_iter_median"] for m in mains),
                       "step_sec_per_iter_median": step, "ratio_main_mean_over_step": main_mean / step,

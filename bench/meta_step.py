@@ -36,6 +36,7 @@ import sys
 import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # maml_tf from this checkout, installed or not
 
 # The original usage lines (main.py flags) of the anchors' five configurations.
 CONFIGS = {
@@ -52,6 +53,7 @@ CONFIGS = {
                      update_batch_size=5, num_updates=5, update_lr=0.01, num_filters=32,
                      max_pool=True),
 }
+READY_MARKER = "meta_step: warm-up done"
 # (iters, warmup) of our step by default.
 DEFAULT_ITERS = {"sinusoid": (300, 30), "omniglot5w1s": (30, 3), "omniglot20w1s": (10, 2),
                  "mini5w1s": (6, 1), "mini5w5s": (3, 1)}
@@ -178,16 +180,22 @@ def run_ours(args):
     warmup = max(1, args.warmup if args.warmup is not None else warmup)
     times, losses = [], []
     # As the anchors: warmup + iters steps, the first (trace + compile) among the warm-up ones.
-    cpu = []
-    for _ in range(warmup + iters):
+    cpu, spans = [], []
+    for i in range(warmup + iters):
+        if i == warmup and args.ready_marker:  # bench/main_speed.py: start-up and warm-up done
+            print(READY_MARKER, file=sys.stderr, flush=True)
         # As the anchors: the step's data are tensors before the timer starts.
         batch = [tf.constant(a) for a in next_batch()]
         c0 = time.process_time()
         t0 = time.perf_counter()
         metrics = model.metatrain_step(*batch)  # returns numpy values: the step is done
-        times.append(time.perf_counter() - t0)
+        t1 = time.perf_counter()
+        times.append(t1 - t0)
+        spans.append((t0, t1))
         cpu.append(time.process_time() - c0)
         losses.append(float(metrics["postloss"]))
+    if args.step_times:  # every timed step's (start, end), time.perf_counter (CLOCK_MONOTONIC)
+        np.save(args.step_times, np.array(spans[warmup:], dtype=np.float64))
     timed = times[warmup:]
     return {
         "stack": "maml-tf", "config": args.config, "first_order": args.first_order,
@@ -340,6 +348,11 @@ def main():
     ap.add_argument("--task_mode", default=None, help="override MAML's task_mode")
     ap.add_argument("--xla", choices=["on", "off"], default=None,
                     help="override jit_compile (default: the model's own choice)")
+    ap.add_argument("--step_times", default="",
+                    help="write every timed step's (start, end) (time.perf_counter) to this .npy file "
+                         "(bench/main_speed.py)")
+    ap.add_argument("--ready_marker", action="store_true",
+                    help=f"print {READY_MARKER!r} to stderr when the warm-up is done (bench/main_speed.py)")
     ap.add_argument("--compare", action="store_true",
                     help="also run the anchors, interleaved, and print the ratios")
     ap.add_argument("--rounds", type=int, default=1, help="--compare: rounds of interleaved runs")

@@ -81,3 +81,13 @@ def quiet_start():
     without its C++ start-up lines (``TF_CPP_MIN_LOG_LEVEL`` 2 unless set)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     return import_tensorflow()
+
+
+def tool_args(argv, doc):
+    """A command-line tool's arguments: ``argv`` (``sys.argv[1:]`` if None), or None after
+    printing ``doc`` when they ask for help (-h, --help, --helpfull)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help", "--helpfull") for a in argv):
+        print(doc)
+        return None
+    return argv

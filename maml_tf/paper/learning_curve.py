@@ -31,6 +31,7 @@ import sys
 import numpy as np
 
 from maml_tf.run.config import UsageError
+from maml_tf.runtime import tool_args
 
 
 def read_scalars(folder, tag):
@@ -136,9 +137,8 @@ def plot(curve, path, title):
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    if any(a in ("-h", "--help", "--helpfull") for a in argv):
-        print(__doc__)
+    argv = tool_args(argv, __doc__)
+    if argv is None:
         return 0
     from maml_tf.paper.experiments import config_from_flags, parse_tool_flags
     from maml_tf.paper.figures import FiguresError

@@ -29,6 +29,7 @@ import time
 import numpy as np
 
 from maml_tf.run.config import UsageError
+from maml_tf.runtime import tool_args
 
 @dataclasses.dataclass
 class Selection:
@@ -101,9 +102,8 @@ def write_selection(sel, split, num_tasks, seed):
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    if any(a in ("-h", "--help", "--helpfull") for a in argv):
-        print(__doc__)
+    argv = tool_args(argv, __doc__)
+    if argv is None:
         return 0
     from maml_tf.paper.experiments import config_from_flags, parse_tool_flags
     try:

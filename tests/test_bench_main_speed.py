@@ -1,0 +1,71 @@
+"""bench/main_speed.py's interleaving: stopped stretches are left out of the iteration
+times it compares (hand-made rows, and a real child process stopped and continued)."""
+import json
+import pathlib
+import sys
+import time
+
+import numpy as np
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+import main_speed  # noqa: E402
+
+
+def test_running_seconds_leaves_out_stopped_stretches():
+    stops = [(1.0, 2.0), (5.0, 5.5)]
+    assert main_speed.running_seconds(0.0, 0.5, stops) == pytest.approx(0.5)      # none
+    assert main_speed.running_seconds(0.5, 3.0, stops) == pytest.approx(1.5)      # one inside
+    assert main_speed.running_seconds(1.5, 2.5, stops) == pytest.approx(0.5)      # starts stopped
+    assert main_speed.running_seconds(0.0, 6.0, stops) == pytest.approx(4.5)      # both
+    assert main_speed.running_seconds(5.2, 5.4, stops) == pytest.approx(0.0)      # all stopped
+
+
+def test_main_steady_rows():
+    # (iteration, end time, checkpoint written): iterations 0-5, warm-up 2, a save at 4,
+    # a stop from 11.5 to 13.1: 0.4 s of iteration 3, all of 4 (saved), 0.1 s of 5.
+    rows = [(0, 10.0, 0), (1, 10.5, 0), (2, 10.7, 0), (3, 11.9, 0), (4, 13.0, 1), (5, 13.25, 0)]
+    got = main_speed.main_steady(rows, warmup=2, stops=[(11.5, 13.1)])
+    np.testing.assert_allclose(got, [0.2, 0.8, 0.15])
+
+
+def test_stopped_child_is_timed_without_its_stop(tmp_path):
+    # A child that times 30 busy iterations of ~20 ms CPU each with its own perf_counter.
+    child = tmp_path / "child.py"
+    out = tmp_path / "spans.json"
+    child.write_text(
+        "import json, sys, time\n"
+        "spans = []\n"
+        "for _ in range(30):\n"
+        "    t0, c0 = time.perf_counter(), time.process_time()\n"
+        "    while time.process_time() - c0 < 0.02:\n"
+        "        pass\n"
+        "    spans.append((t0, time.perf_counter()))\n"
+        f"json.dump(spans, open({str(out)!r}, 'w'))\n")
+    proc = main_speed._Proc("child", [sys.executable, str(child)], tmp_path / "child.log")
+    time.sleep(0.2)
+    proc.stop()
+    time.sleep(0.6)
+    proc.cont()
+    proc.finish(60)
+    assert len(proc.stops) == 1
+    stopped = proc.stops[0][1] - proc.stops[0][0]
+    assert stopped >= 0.6
+    spans = json.loads(out.read_text())
+    raw = sum(b - a for a, b in spans)
+    running = sum(main_speed.running_seconds(a, b, proc.stops) for a, b in spans)
+    # the child was stopped inside its timed spans (its loop has no gaps to speak of)
+    assert raw - running == pytest.approx(stopped, abs=0.01)
+    assert max(b - a for a, b in spans) >= 0.6 > max(main_speed.running_seconds(a, b, proc.stops)
+                                                     for a, b in spans)
+
+
+def test_failed_run_stops_the_other_and_says_why(tmp_path):
+    failing = main_speed._Proc("main.py", [sys.executable, "-c", "import sys; print('no data'); sys.exit(3)"],
+                               tmp_path / "a.log")
+    other = main_speed._Proc("step", [sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "b.log")
+    other.stop()
+    with pytest.raises(SystemExit, match=r"main.py failed \(exit 3\):\s+no data"):
+        failing.finish(30, others=[other])
+    assert other.p.wait(10) is not None  # killed, not left stopped

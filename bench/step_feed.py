@@ -23,7 +23,7 @@ import time
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
-from meta_step import CONFIGS  # noqa: E402
+from meta_step import CONFIGS, _config  # noqa: E402
 
 WAYS = ("fixed", "numpy_same", "fresh", "prefetch")
 
@@ -46,10 +46,11 @@ def main():
     from maml_tf.data.tasks import Prefetcher, make_task_source
     from maml_tf.methods.maml import configure_threads
     from maml_tf.run.autotune import cpu_description
-    from maml_tf.run.config import Config
     from maml_tf.run.model import build_model, network_spec
 
-    cfg = Config(**CONFIGS[args.config], stop_grad=args.first_order, data_dir=args.data_dir)
+    import dataclasses
+    # the usage line's Config as main.py makes it (bench/meta_step.py), on this data folder
+    cfg = dataclasses.replace(_config(args.config, args.first_order), data_dir=args.data_dir)
     configure_threads(network_spec(cfg))
     model = build_model(cfg, tune=True, out=lambda line: print(line, file=sys.stderr))
     source = make_task_source(cfg, "train")

@@ -26,7 +26,12 @@ validation every 100 iterations, the checks, the progress lines); the default
 ``--iters`` holds 3 summary iterations in 300 steady ones, as a long run does.
 Printed: one JSON line per run, then a summary line with main.py's mean and median
 seconds per iteration, the step's median and the ratio main.py mean / step median
-(target: at most 1.1), with the CPU model and its vector extensions.
+(target: at most 1.1), with the CPU model and its vector extensions; and main.py's time
+split in two, each over the step's median: its ordinary iterations
+(``ratio_ordinary_over_step``) and what its summary iterations add
+(``summaries_over_step``: every 100 iterations the original evaluates a training and a
+validation meta-batch over max(test_num_updates, num_updates) = 10 inner steps for its
+TensorBoard summaries, which main.py does too).
 
 Image data: Omniglot is read from ``--data_dir`` (prepare it first: README); for
 miniImageNet a synthetic folder of the real layout (64/16/20 classes, 20 JPEG images of
@@ -51,6 +56,8 @@ sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO))
 from meta_step import CONFIGS, READY_MARKER as READY  # noqa: E402
 from maml_tf.run.autotune import cpu_description  # noqa: E402
+
+SUMMARY_INTERVAL = 100  # maml_tf.run.train's (the original's); not imported: the parent needs no TensorFlow
 
 
 def synthetic_miniimagenet(root):
@@ -131,12 +138,25 @@ def running_seconds(start, end, stops):
     return (end - start) - sum(max(0.0, min(end, b) - max(start, a)) for a, b in stops)
 
 
-def main_steady(times, warmup, stops):
+def main_steady(times, warmup, stops, with_iterations=False):
     """main.py's steady-state iteration times from its --step_times rows (iteration, end,
-    checkpoint written): after ``warmup``, no checkpoint, stopped stretches left out."""
+    checkpoint written): after ``warmup``, no checkpoint, stopped stretches left out
+    (and, ``with_iterations``, the iteration numbers)."""
     t = np.asarray(times)
     keep = [k for k in range(1, len(t)) if t[k, 0] >= warmup and t[k, 2] == 0]
-    return np.array([running_seconds(t[k - 1, 1], t[k, 1], stops) for k in keep])
+    seconds = np.array([running_seconds(t[k - 1, 1], t[k, 1], stops) for k in keep])
+    return (t[keep, 0].astype(int), seconds) if with_iterations else seconds
+
+
+def split_summaries(iterations, seconds, interval=SUMMARY_INTERVAL):
+    """(mean seconds of the ordinary iterations, extra seconds per iteration that the
+    summary iterations (every ``interval``: the original's summaries over
+    max(test_num_updates, num_updates) inner steps of a training and a validation
+    meta-batch) add over an ordinary one, averaged over all iterations)."""
+    summary = np.asarray(iterations) % interval == 0
+    ordinary = float(np.mean(seconds[~summary])) if (~summary).any() else float("nan")
+    extra = float(np.sum(seconds[summary] - ordinary)) / len(seconds) if summary.any() else 0.0
+    return ordinary, extra
 
 
 def interleaved(args, data_dir, work):
@@ -171,7 +191,9 @@ def interleaved(args, data_dir, work):
             running, other = other, running
     main.finish(max(deadline - time.time(), 1), others=[step])
     step.finish(max(deadline - time.time(), 1))
-    steady = main_steady(np.load(work / "main_times.npy"), args.warmup, main.stops)
+    iterations, steady = main_steady(np.load(work / "main_times.npy"), args.warmup, main.stops,
+                                     with_iterations=True)
+    ordinary, summaries = split_summaries(iterations, steady)
     spans = np.load(work / "step_times.npy")
     step_times = np.array([running_seconds(a, b, step.stops) for a, b in spans])
     line = json.loads(step.lines[-1])
@@ -179,6 +201,8 @@ def interleaved(args, data_dir, work):
     return ({"run": "main.py", "config": args.config, "first_order": args.first_order,
              "iters": len(steady), "sec_per_iter_mean": float(steady.mean()),
              "sec_per_iter_median": float(np.median(steady)), "sec_per_iter_max": float(steady.max()),
+             "summary_iters": int(np.sum(iterations % SUMMARY_INTERVAL == 0)),
+             "sec_per_iter_mean_ordinary": ordinary, "summaries_sec_per_iter": summaries,
              "stopped_turns": len(main.stops)},
             {"run": "bench/meta_step.py", "config": args.config, "first_order": args.first_order,
              "iters": len(step_times), "sec_per_iter_median": float(np.median(step_times)),
@@ -229,10 +253,16 @@ def main():
             print(json.dumps(st), flush=True)
     main_mean = statistics.median(m["sec_per_iter_mean"] for m in mains)
     step = statistics.median(s["sec_per_iter_median"] for s in steps)
+    ordinary = statistics.median(m["sec_per_iter_mean_ordinary"] for m in mains)
+    summaries = statistics.median(m["summaries_sec_per_iter"] for m in mains)
     print(json.dumps({"summary": args.config, "first_order": args.first_order, "rounds": args.rounds, "slice_s": args.slice,
                       "main_sec_per_iter_mean": main_mean,
                       "main_sec_per_iter_median": statistics.median(m["sec_per_iter_median"] for m in mains),
                       "step_sec_per_iter_median": step, "ratio_main_mean_over_step": main_mean / step,
+                      # main.py's time split: its ordinary iterations, and what the original's
+                      # summary evaluations (every 100 iterations) add, each over the step
+                      "ratio_ordinary_over_step": ordinary / step,
+                      "summaries_over_step": summaries / step,
                       "path": f"{steps[-1]['tasks']}{'+xla' if steps[-1]['xla'] else ''}",
                       "cpu": cpu_description(), "load_avg": os.getloadavg()[0]}))
 

@@ -30,7 +30,8 @@ def main(paths):
                         rows.append(d)
     rows.sort(key=lambda d: (ORDER.index(d["config"]) if d["config"] in ORDER else 99,
                              d["first_order"]))
-    cpus = sorted({f"{d['cpu']['model']} ({', '.join(d['cpu']['extensions'])}), {d['cpu']['cpus']} CPUs"
+    cpus = sorted({f"{d['cpu']['model']}{' [' + d['cpu']['id'] + ']' if d['cpu'].get('id') else ''} "
+                   f"({', '.join(d['cpu']['extensions'])}), {d['cpu']['cpus']} CPUs"
                    for d in rows if "cpu" in d})
     for c in cpus:
         print(f"CPU: {c}\n")

@@ -44,6 +44,33 @@ def test_measures_once_chooses_the_fastest_and_caches(cache, monkeypatch):
     assert len(calls) == 10
 
 
+def test_another_cpu_generation_with_the_same_name_is_measured_afresh(cache, monkeypatch):
+    """Virtual machines show one model name ("Intel(R) Xeon(R) Processor") for different
+    generations: the family/model/stepping numbers are part of the cache key, so a choice
+    timed on one is not reused on another."""
+    cfg = Config(datasource="sinusoid", norm="None", meta_batch_size=4, update_batch_size=5)
+    spec, shapes = network_spec(cfg), input_shapes(cfg)
+    calls = []
+
+    def measure_all(spec, settings, shapes, options, steps=None):
+        calls.extend(options)
+        fast = ("loop", False) if len(calls) <= len(options) else ("batched", True)
+        return {opt: 1.0 if opt == fast else 2.0 for opt in options}
+    monkeypatch.setattr(autotune, "measure_all", measure_all)
+    real = autotune.cpu_description()
+    for ident in ("family 6 model 143 stepping 8", "family 6 model 167 stepping 1"):
+        monkeypatch.setattr(autotune, "cpu_description",
+                            lambda ident=ident: dict(real, model="Intel(R) Xeon(R) Processor", id=ident))
+        first = autotune.choose(spec, SETTINGS, shapes)
+        assert autotune.choose(spec, SETTINGS, shapes) == first  # cached for this CPU
+    assert len(calls) == 8  # measured once on each
+    data = json.loads(cache.read_text())
+    machines = sorted(k for k in data if k != "version")
+    assert len(machines) == 2 and "model 143" in machines[0] and "model 167" in machines[1]
+    assert [tuple(e["choice"]) for m in machines for e in data[m].values()] == [
+        ("loop", False), ("batched", True)]
+
+
 def test_real_measurement_and_build_model(cache):
     """A real (tiny) measurement: every candidate runs, the choice is one of them, and
     build_model(tune=True) builds the model that way."""

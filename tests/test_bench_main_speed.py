@@ -30,6 +30,25 @@ def test_main_steady_rows():
     np.testing.assert_allclose(got, [0.2, 0.8, 0.15])
 
 
+def test_summary_iterations_split_out():
+    # Iterations 98-203: ordinary ones take 0.1 s, the summary ones (100, 200) 0.7 s.
+    iterations = np.arange(98, 204)
+    seconds = np.where(iterations % 100 == 0, 0.7, 0.1)
+    ordinary, extra = main_speed.split_summaries(iterations, seconds)
+    assert ordinary == pytest.approx(0.1)
+    assert extra == pytest.approx(2 * 0.6 / len(iterations))
+    # Their sum is the mean of all iterations, as the ratio's numerator.
+    assert ordinary + extra == pytest.approx(seconds.mean())
+    rows = [(i, 10.0 + 0.1 * i, 0) for i in range(96, 104)]
+    its, secs = main_speed.main_steady(rows, warmup=97, stops=[], with_iterations=True)
+    assert list(its) == list(range(97, 104)) and np.allclose(secs, 0.1)
+
+
+def test_summary_interval_is_the_training_loops():
+    from maml_tf.run import train
+    assert main_speed.SUMMARY_INTERVAL == train.SUMMARY_INTERVAL
+
+
 def test_stopped_child_is_timed_without_its_stop(tmp_path):
     # A child that times 30 busy iterations of ~20 ms CPU each with its own perf_counter.
     child = tmp_path / "child.py"

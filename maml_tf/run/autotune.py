@@ -53,8 +53,12 @@ CACHE_VERSION = 1
 
 
 def cpu_description():
-    """{'model': ..., 'extensions': [...], 'cpus': n}: what decides which path is fastest."""
-    model, flags = platform.processor() or platform.machine(), set()
+    """{'model': ..., 'id': ..., 'extensions': [...], 'cpus': n}: what decides which path is
+    fastest.  ``id`` is the processor's family/model/stepping numbers (ARM: implementer/part):
+    virtual machines often show one ``model name`` ("Intel(R) Xeon(R) Processor") for
+    different generations, whose fastest paths differ."""
+    model, flags, ids = platform.processor() or platform.machine(), set(), {}
+    id_keys = ("cpu family", "model", "stepping", "CPU implementer", "CPU part", "CPU variant")
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -64,12 +68,16 @@ def cpu_description():
                     model = value.strip()
                 elif key in ("flags", "Features") and not flags:
                     flags = set(value.split())
+                elif key in id_keys and key not in ids:
+                    ids[key] = value.strip()
     except OSError:
         pass
     wanted = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx_vnni",
               "amx_tile", "amx_bf16", "amx_int8", "asimd", "sve", "sve2")
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"model": model, "extensions": [e for e in wanted if e in flags], "cpus": cpus}
+    return {"model": model, "id": " ".join(f"{k.replace('cpu ', '').replace('CPU ', '').lower()} {v}"
+                                           for k, v in ids.items()),
+            "extensions": [e for e in wanted if e in flags], "cpus": cpus}
 
 
 # CPU extensions for which TensorFlow's Linux build turns oneDNN on by default
@@ -191,7 +199,8 @@ def choose_onednn(cfg, out=None, extensions=None, trial=onednn_trial, before_tri
 
 
 def _cpu_key(cpu):
-    return f"{cpu['model']}|{','.join(cpu['extensions'])}|cpus={cpu['cpus']}"
+    ident = f" ({cpu['id']})" if cpu.get("id") else ""
+    return f"{cpu['model']}{ident}|{','.join(cpu['extensions'])}|cpus={cpu['cpus']}"
 
 
 def _machine_key(tf):

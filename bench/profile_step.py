@@ -3,6 +3,7 @@
 
     python bench/profile_step.py --config omniglot5w1s [--first_order] [--iters 3] [--top 25]
                                  [--by type|name] [--task_mode M] [--xla on|off]
+                                 [--evaluate STEPS]
 
 Builds the model and data as ``bench/meta_step.py``, runs the step once to
 compile, then ``--iters`` steps under ``tf.profiler`` and prints a table of
@@ -10,7 +11,9 @@ kernel time per step, grouped by op type (``--by type``, default) or op name,
 with the share of the summed kernel time and the wall time of a step.  Kernel
 times of ops that ran in parallel on the two cores add up, so the kernel total
 can exceed the wall time.  XLA-compiled steps show up as one XlaLaunch op (use
-``--xla off`` to see the ops).
+``--xla off`` to see the ops).  ``--evaluate STEPS`` profiles ``MAML.evaluate`` over STEPS
+inner steps instead (what main.py's summaries run every 100 iterations, STEPS = 10 for
+Omniglot) on the same meta-batches.
 """
 import argparse
 import collections
@@ -35,6 +38,8 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--task_mode", default=None)
     ap.add_argument("--xla", choices=["on", "off"], default=None)
+    ap.add_argument("--evaluate", type=int, default=None, metavar="STEPS",
+                    help="profile MAML.evaluate over STEPS inner steps instead of the training step")
     args = ap.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     meta_step.set_threads(args.threads, args.config)
@@ -43,14 +48,19 @@ def main():
 
     model, cfg, next_batch = meta_step.build(args.config, args.first_order, args.task_mode,
                                              args.xla)
-    model.metatrain_step(*next_batch())
-    model.metatrain_step(*next_batch())
+    if args.evaluate is None:
+        run = model.metatrain_step
+    else:
+        def run(*batch):
+            return model.evaluate(*batch, num_steps=args.evaluate)
+    run(*next_batch())
+    run(*next_batch())
     batches = [next_batch() for _ in range(args.iters)]
     logdir = tempfile.mkdtemp(prefix="maml_profile_")
     tf.profiler.experimental.start(logdir)
     t0 = time.perf_counter()
     for b in batches:
-        model.metatrain_step(*b)
+        run(*b)
     wall = (time.perf_counter() - t0) / args.iters
     tf.profiler.experimental.stop()
 
@@ -80,10 +90,11 @@ def main():
                 total[key] += ev.duration_ps / 1e9 / args.iters  # ms per step
                 count[key] += 1 / args.iters
     kernel = sum(total.values())
-    print(f"config {args.config} first_order={args.first_order} tasks={model.task_mode} "
-          f"xla={bool(model.jit_compile)}: wall {wall * 1e3:.1f} ms/step, kernel time {kernel:.1f} ms/step "
-          f"over {sum(count.values()):.0f} kernels/step")
-    print(f"{'ms/step':>9} {'share':>6} {'count':>6}  op")
+    what = "step" if args.evaluate is None else f"evaluate({args.evaluate} steps)"
+    print(f"config {args.config} {what} first_order={args.first_order} tasks={model.task_mode} "
+          f"xla={bool(model.jit_compile)}: wall {wall * 1e3:.1f} ms/call, kernel time {kernel:.1f} ms/call "
+          f"over {sum(count.values()):.0f} kernels/call")
+    print(f"{'ms/call':>9} {'share':>6} {'count':>6}  op")
     for key, ms in total.most_common(args.top):
         print(f"{ms:9.2f} {100 * ms / kernel:5.1f}% {count[key]:6.0f}  {key}")
 

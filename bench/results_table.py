@@ -4,7 +4,8 @@
     python bench/meta_step.py --config sinusoid --compare > runs.jsonl   # ... for each cell
     python bench/results_table.py runs.jsonl [more.jsonl ...]
 
-Reads every JSON line with ``"summary": true`` and prints one row per
+Reads every JSON line with ``"summary": true`` (other lines, such as
+``bench/main_speed.py``'s, are skipped) and prints one row per
 (config, order): our median sec/iter, each anchor's, the ratio to the fastest
 anchor, our first call (compile) time, and peak RSS (ours / the fastest anchor's).
 """
@@ -26,7 +27,7 @@ def main(paths):
                 line = line.strip()
                 if line.startswith("{"):
                     d = json.loads(line)
-                    if d.get("summary"):
+                    if d.get("summary") is True:  # bench/main_speed.py's name the config
                         rows.append(d)
     rows.sort(key=lambda d: (ORDER.index(d["config"]) if d["config"] in ORDER else 99,
                              d["first_order"]))

@@ -88,3 +88,24 @@ def test_failed_run_stops_the_other_and_says_why(tmp_path):
     with pytest.raises(SystemExit, match=r"main.py failed \(exit 3\):\s+no data"):
         failing.finish(30, others=[other])
     assert other.p.wait(10) is not None  # killed, not left stopped
+
+
+def test_results_table_reads_compare_lines_beside_main_speed_lines(tmp_path, capsys):
+    """bench/results_table.py tabulates meta_step.py --compare summaries from a file that
+    also holds bench/main_speed.py's lines (one sweep's output), naming the CPU's id."""
+    import results_table
+    cpu = {"model": "Intel(R) Xeon(R) Processor", "id": "family 6 model 167 stepping 1",
+           "extensions": ["avx2"], "cpus": 2}
+    compare = {"summary": True, "config": "omniglot5w1s", "first_order": True, "path": "batched",
+               "sec_per_iter_median": {"maml-tf": 0.06, "torch:vmap": 0.1, "torch:loop": 0.18},
+               "fastest_anchor": "torch:vmap", "ratio_median": 0.6, "compile_s": 0.9,
+               "peak_rss_mb": {"maml-tf": 700.0, "torch:vmap": 500.0}, "cpu": cpu}
+    speed = {"summary": "omniglot5w1s", "first_order": True, "main_sec_per_iter_mean": 0.07,
+             "step_sec_per_iter_median": 0.06, "cpu": cpu}
+    path = tmp_path / "sweep.jsonl"
+    path.write_text("\n".join(json.dumps(d) for d in (speed, compare, {"run": "main.py"})) + "\n")
+    results_table.main([str(path)])
+    out = capsys.readouterr().out
+    assert "[family 6 model 167 stepping 1]" in out
+    rows = [line for line in out.splitlines() if line.startswith("| omniglot5w1s")]
+    assert len(rows) == 1 and "**0.60** (torch:vmap)" in rows[0] and "60 ms" in rows[0]

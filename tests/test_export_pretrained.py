@@ -59,6 +59,12 @@ def test_publish_writes_weights_manifest_and_hashes(published):
     csv_rows = (root / "logs" / cfg.exp_string / "test_ubs10_stepsize0.01.csv").read_text().splitlines()
     assert float(csv_rows[1].split(",")[10]) == pytest.approx(manifest["test"]["mean"])
     assert pretrained.verify("sine-test")["name"] == "sine-test"
+    # A run stopped before its flags' iterations is listed as such; this one ran them all.
+    assert manifest["run_iterations"] == 200
+    assert pretrained._short_of_full_length(manifest) == ""
+    stopped = dict(manifest, run_iterations=120)
+    assert pretrained._short_of_full_length(stopped) == (
+        ", SHORT OF FULL LENGTH (the run stopped at 120 of 200 iterations)")
 
 
 def test_damaged_file_is_refused(published, tmp_path):

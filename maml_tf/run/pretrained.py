@@ -158,6 +158,8 @@ def publish(name, cfg, test_iter=-1, note="", command=None):
         "format": FORMAT, "name": name,
         "command": command or _flag_line({**flags, "logdir": cfg.logdir}),
         "commit": _commit(), "iterations": iteration_of(path) + 1, "checkpoint": os.path.basename(path),
+        # how far the run itself got (below the flags' total: a run stopped short)
+        "run_iterations": iteration_of(manager.latest()) + 1,
         "seed": cfg.seed, "flags": flags,
         "test": {"metric": "accuracy" if cfg.classification else "mse", "column": f"update{column}",
                  "inner_steps": column, "mean": means[column], "ci95": ci95[column],
@@ -170,6 +172,16 @@ def publish(name, cfg, test_iter=-1, note="", command=None):
     with open(os.path.join(folder, MANIFEST), "w") as f:
         json.dump(manifest, f, indent=1)
     return folder, manifest
+
+
+def _short_of_full_length(manifest):
+    """', SHORT OF FULL LENGTH (...)' where the run stopped before its flags' iterations."""
+    flags = manifest.get("flags", {})
+    total = flags.get("pretrain_iterations", 0) + flags.get("metatrain_iterations", 0)
+    reached = manifest.get("run_iterations")
+    if reached is None or not total or reached >= total:
+        return ""
+    return f", SHORT OF FULL LENGTH (the run stopped at {reached} of {total} iterations)"
 
 
 def main(argv=None):
@@ -185,7 +197,8 @@ def main(argv=None):
                 t = m["test"]
                 unit = (lambda v: f"{100 * v:.2f}%") if t["metric"] == "accuracy" else (lambda v: f"{v:.3f}")
                 print(f"{n}: {unit(t['mean'])} +- {unit(t['ci95'])} ({t['metric']}, {t['column']}, "
-                      f"{t['tasks']} {t['split']} tasks), {m['iterations']} iterations, seed {m['seed']}")
+                      f"{t['tasks']} {t['split']} tasks), {m['iterations']} iterations, seed {m['seed']}"
+                      f"{_short_of_full_length(m)}")
             return 0
         if verb == "verify":
             for n in rest or list_names():

@@ -138,25 +138,25 @@ def running_seconds(start, end, stops):
     return (end - start) - sum(max(0.0, min(end, b) - max(start, a)) for a, b in stops)
 
 
-def main_steady(times, warmup, stops, with_iterations=False):
-    """main.py's steady-state iteration times from its --step_times rows (iteration, end,
-    checkpoint written): after ``warmup``, no checkpoint, stopped stretches left out
-    (and, ``with_iterations``, the iteration numbers)."""
+def main_steady(times, warmup, stops):
+    """(iteration numbers, seconds) of main.py's steady-state iterations from its
+    --step_times rows (iteration, end, checkpoint written): after ``warmup``, no
+    checkpoint, stopped stretches left out."""
     t = np.asarray(times)
     keep = [k for k in range(1, len(t)) if t[k, 0] >= warmup and t[k, 2] == 0]
     seconds = np.array([running_seconds(t[k - 1, 1], t[k, 1], stops) for k in keep])
-    return (t[keep, 0].astype(int), seconds) if with_iterations else seconds
+    return t[keep, 0].astype(int), seconds
 
 
 def split_summaries(iterations, seconds, interval=SUMMARY_INTERVAL):
-    """(mean seconds of the ordinary iterations, extra seconds per iteration that the
-    summary iterations (every ``interval``: the original's summaries over
-    max(test_num_updates, num_updates) inner steps of a training and a validation
-    meta-batch) add over an ordinary one, averaged over all iterations)."""
+    """(how many summary iterations, mean seconds of the ordinary iterations, extra
+    seconds per iteration that the summary iterations (every ``interval``: the original's
+    summaries over max(test_num_updates, num_updates) inner steps of a training and a
+    validation meta-batch) add over an ordinary one, averaged over all iterations)."""
     summary = np.asarray(iterations) % interval == 0
     ordinary = float(np.mean(seconds[~summary])) if (~summary).any() else float("nan")
     extra = float(np.sum(seconds[summary] - ordinary)) / len(seconds) if summary.any() else 0.0
-    return ordinary, extra
+    return int(summary.sum()), ordinary, extra
 
 
 def interleaved(args, data_dir, work):
@@ -191,9 +191,8 @@ def interleaved(args, data_dir, work):
             running, other = other, running
     main.finish(max(deadline - time.time(), 1), others=[step])
     step.finish(max(deadline - time.time(), 1))
-    iterations, steady = main_steady(np.load(work / "main_times.npy"), args.warmup, main.stops,
-                                     with_iterations=True)
-    ordinary, summaries = split_summaries(iterations, steady)
+    iterations, steady = main_steady(np.load(work / "main_times.npy"), args.warmup, main.stops)
+    summary_iters, ordinary, summaries = split_summaries(iterations, steady)
     spans = np.load(work / "step_times.npy")
     step_times = np.array([running_seconds(a, b, step.stops) for a, b in spans])
     line = json.loads(step.lines[-1])
@@ -201,7 +200,7 @@ def interleaved(args, data_dir, work):
     return ({"run": "main.py", "config": args.config, "first_order": args.first_order,
              "iters": len(steady), "sec_per_iter_mean": float(steady.mean()),
              "sec_per_iter_median": float(np.median(steady)), "sec_per_iter_max": float(steady.max()),
-             "summary_iters": int(np.sum(iterations % SUMMARY_INTERVAL == 0)),
+             "summary_iters": summary_iters,
              "sec_per_iter_mean_ordinary": ordinary, "summaries_sec_per_iter": summaries,
              "stopped_turns": len(main.stops)},
             {"run": "bench/meta_step.py", "config": args.config, "first_order": args.first_order,

@@ -87,7 +87,7 @@ def main():
                 else:
                     scope = next((p for p in op_name.split("/") if p.startswith("layer")), "other")
                     key = f"{scope} {op_type}"
-                total[key] += ev.duration_ps / 1e9 / args.iters  # ms per step
+                total[key] += ev.duration_ps / 1e9 / args.iters  # ms per call
                 count[key] += 1 / args.iters
     kernel = sum(total.values())
     what = "step" if args.evaluate is None else f"evaluate({args.evaluate} steps)"

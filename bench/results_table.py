@@ -27,7 +27,7 @@ def main(paths):
                 line = line.strip()
                 if line.startswith("{"):
                     d = json.loads(line)
-                    if d.get("summary") is True:  # bench/main_speed.py's name the config
+                    if d.get("summary") is True:  # bench/main_speed.py's summaries name the config instead
                         rows.append(d)
     rows.sort(key=lambda d: (ORDER.index(d["config"]) if d["config"] in ORDER else 99,
                              d["first_order"]))

@@ -26,21 +26,22 @@ def test_main_steady_rows():
     # (iteration, end time, checkpoint written): iterations 0-5, warm-up 2, a save at 4,
     # a stop from 11.5 to 13.1: 0.4 s of iteration 3, all of 4 (saved), 0.1 s of 5.
     rows = [(0, 10.0, 0), (1, 10.5, 0), (2, 10.7, 0), (3, 11.9, 0), (4, 13.0, 1), (5, 13.25, 0)]
-    got = main_speed.main_steady(rows, warmup=2, stops=[(11.5, 13.1)])
+    its, got = main_speed.main_steady(rows, warmup=2, stops=[(11.5, 13.1)])
     np.testing.assert_allclose(got, [0.2, 0.8, 0.15])
+    assert list(its) == [2, 3, 5]  # 4 wrote a checkpoint
 
 
 def test_summary_iterations_split_out():
     # Iterations 98-203: ordinary ones take 0.1 s, the summary ones (100, 200) 0.7 s.
     iterations = np.arange(98, 204)
     seconds = np.where(iterations % 100 == 0, 0.7, 0.1)
-    ordinary, extra = main_speed.split_summaries(iterations, seconds)
-    assert ordinary == pytest.approx(0.1)
+    count, ordinary, extra = main_speed.split_summaries(iterations, seconds)
+    assert count == 2 and ordinary == pytest.approx(0.1)
     assert extra == pytest.approx(2 * 0.6 / len(iterations))
     # Their sum is the mean of all iterations, as the ratio's numerator.
     assert ordinary + extra == pytest.approx(seconds.mean())
     rows = [(i, 10.0 + 0.1 * i, 0) for i in range(96, 104)]
-    its, secs = main_speed.main_steady(rows, warmup=97, stops=[], with_iterations=True)
+    its, secs = main_speed.main_steady(rows, warmup=97, stops=[])
     assert list(its) == list(range(97, 104)) and np.allclose(secs, 0.1)
 
 

@@ -135,7 +135,8 @@ def publish(name, cfg, test_iter=-1, note="", command=None):
     from maml_tf.run.model import build_model
     model = build_model(dataclasses.replace(cfg, train=False))
     manager = CheckpointManager(cfg.exp_dir, model)
-    path = manager.path_for(test_iter) if test_iter > 0 else manager.latest()
+    latest = manager.latest()
+    path = manager.path_for(test_iter) if test_iter > 0 else latest
     if path is None:
         raise UsageError(f"no checkpoint in {cfg.exp_dir}: give the training run's --logdir and flags")
     manager.restore(path, weights_only=True)
@@ -159,7 +160,7 @@ def publish(name, cfg, test_iter=-1, note="", command=None):
         "command": command or _flag_line({**flags, "logdir": cfg.logdir}),
         "commit": _commit(), "iterations": iteration_of(path) + 1, "checkpoint": os.path.basename(path),
         # how far the run itself got (below the flags' total: a run stopped short)
-        "run_iterations": iteration_of(manager.latest()) + 1,
+        "run_iterations": iteration_of(latest) + 1,
         "seed": cfg.seed, "flags": flags,
         "test": {"metric": "accuracy" if cfg.classification else "mse", "column": f"update{column}",
                  "inner_steps": column, "mean": means[column], "ci95": ci95[column],

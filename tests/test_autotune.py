@@ -226,3 +226,27 @@ def test_onednn_trial_times_the_step_both_ways(cache):
     assert set(seconds) == {"0", "1"} and all(0 < s < 60 for s in seconds.values())
     machines = [k for k in json.loads(cache.read_text()) if k != "version"]
     assert sorted(m.rsplit("onednn=", 1)[1] for m in machines) == ["0", "1"]
+
+
+def test_runs_measuring_side_by_side_keep_both_choices(cache, monkeypatch):
+    """Two runs started together each measure for minutes: the one that finishes second
+    must not write back the cache it read before measuring, dropping the first's entry."""
+    cfg = Config(datasource="sinusoid", norm="None", meta_batch_size=4, update_batch_size=5)
+    spec = network_spec(cfg)
+    small, large = input_shapes(cfg), input_shapes(cfg, meta_batch_size=8)
+    calls = []
+
+    def measure_all(spec, settings, shapes, options, steps=None):
+        calls.append(shapes)
+        if len(calls) == 1:  # while the first run measures, the second stores its choice
+            autotune.choose(spec, SETTINGS, large)
+        return {opt: 1.0 + i for i, opt in enumerate(options)}
+    monkeypatch.setattr(autotune, "measure_all", measure_all)
+    autotune.choose(spec, SETTINGS, small)
+    assert len(calls) == 2
+    (machine, entries), = [(k, v) for k, v in json.loads(cache.read_text()).items() if k != "version"]
+    assert len(entries) == 2
+    # Both are cached: neither configuration is measured again.
+    autotune.choose(spec, SETTINGS, small)
+    autotune.choose(spec, SETTINGS, large)
+    assert len(calls) == 2

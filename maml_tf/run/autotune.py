@@ -168,8 +168,7 @@ def choose_onednn(cfg, out=None, extensions=None, trial=onednn_trial, before_tri
     machine = f"{_cpu_key(cpu)}|tf={_tf_version()}|onednn-choice"
     key = json.dumps({k: v for k, v in _config_fields(cfg).items() if k not in _NOT_STEP},
                      sort_keys=True, default=str)
-    cache = _read_cache()
-    entry = cache.get(machine, {}).get(key)
+    entry = _read_cache().get(machine, {}).get(key)
     if entry is None:
         # Measured by a training run on this machine only: not by an evaluation, nor by
         # each worker of a distributed run, nor where a GPU does the convolutions.
@@ -186,8 +185,7 @@ def choose_onednn(cfg, out=None, extensions=None, trial=onednn_trial, before_tri
             return None
         choice = min(seconds, key=seconds.get)
         entry = {"choice": choice, "seconds": seconds, "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
-        cache.setdefault(machine, {})[key] = entry
-        _write_cache(cache)
+        _store(machine, key, entry)
         if out is not None:
             told = ", ".join(f"{'oneDNN' if v == '1' else 'Eigen (oneDNN off)'} {t:.3g} s"
                              for v, t in sorted(seconds.items(), reverse=True))
@@ -223,14 +221,29 @@ def _read_cache():
         return {"version": CACHE_VERSION}
 
 
-def _write_cache(data):
+def _store(machine, key, entry):
+    """Add ``entry`` under ``machine`` / ``key`` to the cache file.
+
+    The file is read again just before writing, under an exclusive lock, and only this
+    entry is added: two runs started together (one pinned to each core, say) each take
+    minutes to measure, and writing back the copy read before measuring would drop the
+    entry the other run stored meanwhile (that happened: two runs started side by side
+    kept one choice of two, and the other was timed again at its next start)."""
     path = _cache_path()
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
+        with open(f"{path}.lock", "a") as lock:
+            try:
+                import fcntl
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            except (ImportError, OSError):  # no flock (Windows): the merge alone
+                pass
+            data = _read_cache()
+            data.setdefault(machine, {})[key] = entry
+            tmp = f"{path}.tmp-{os.getpid()}"
+            with open(tmp, "w") as f:
+                json.dump(data, f, indent=1, sort_keys=True)
+            os.replace(tmp, path)
     except OSError:  # a read-only home: measure again next time
         pass
 
@@ -290,17 +303,15 @@ def _choose(spec, settings, shapes, task_mode, jit_compile, out, steps):
         mode, jit = static_choice(spec, tf)
         return (task_mode or mode, jit if jit_compile is None else jit_compile), None
     machine, sig = _machine_key(tf), _signature(spec, settings, shapes)
-    cache = _read_cache()
-    entry = cache.get(machine, {}).get(sig)
+    entry = _read_cache().get(machine, {}).get(sig)
     if entry is not None and tuple(entry["choice"]) in options:
         best = tuple(entry["choice"])
         return best, entry["seconds"].get(_path_name(best))
     timings = measure_all(spec, settings, shapes, options, steps=steps)
     best = min(timings, key=timings.get)
-    cache.setdefault(machine, {})[sig] = {
+    _store(machine, sig, {
         "choice": list(best), "seconds": {_path_name(opt): t for opt, t in timings.items()},
-        "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
-    _write_cache(cache)
+        "measured": time.strftime("%Y-%m-%d %H:%M:%S")})
     if out is not None:
         table = ", ".join(f"{m}{'+XLA' if j else ''} {t * 1e3:.3g} ms" for (m, j), t in timings.items())
         out(f"Timed the step's paths on this machine ({table}): using {best[0]}"

@@ -23,6 +23,9 @@ Usage Instructions (the original's, unchanged):
 
     For omniglot and miniimagenet training, prepare the data first (see README: data/prepare_omniglot.py,
     data/prepare_miniimagenet.py) into --data_dir (default ./data).
+
+Documentation: README.md (quick start, results at a glance) and docs/README.md (every topic: the new
+flags in docs/usage.md, reproducing the paper in docs/reproducing.md).
 """
 import dataclasses
 import os

@@ -155,14 +155,17 @@ _MINI = (("datasource", "miniimagenet"), ("metatrain_iterations", 60000), ("meta
 _TEST_IMG = (("train", False), ("test_set", True))
 
 
-def _img(name, title, group, base, k, extra, paper, column, budget, note="", digits=1):
+_FO_REF = "Nichol et al. 2018, Table 2"
+
+
+def _img(name, title, group, base, k, extra, paper, column, budget, note="", digits=1, paper_ref="Table 1"):
     flags = list(base)
     flags.insert(3, ("update_batch_size", k))
     flags += list(extra)
     return Experiment(name=name, title=title, group=group, train_flags=tuple(flags),
                       test_flags=_TEST_IMG, full_iterations=60000, budget_iterations=budget,
                       columns=(column,), metric="accuracy",
-                      paper={column: paper}, paper_ref="Table 1", paper_digits=digits, note=note)
+                      paper={column: paper}, paper_ref=paper_ref, paper_digits=digits, note=note)
 
 
 EXPERIMENTS = [
@@ -193,6 +196,18 @@ EXPERIMENTS = [
          (0.958, 0.003), 5, 500),
     _img("omniglot-20way-5shot", "Omniglot 20-way 5-shot", "omniglot20way", _OMNI_20, 5, (),
          (0.989, 0.002), 5, 300, "not in the README; its 1-shot command with --update_batch_size=5"),
+    # First-order MAML on Omniglot: the paper's Table 1 has no such row; the numbers are
+    # the ones Nichol, Achiam and Schulman (2018, "On First-Order Meta-Learning
+    # Algorithms", Table 2) report for first-order MAML with transduction, the original's
+    # protocol (batch statistics over the query set).
+    _img("omniglot-5way-1shot-firstorder", "Omniglot 5-way 1-shot, first-order approx.", "omniglot5way",
+         _OMNI_5, 1, (("stop_grad", True),), (0.983, 0.005), 3, 2000, paper_ref=_FO_REF),
+    _img("omniglot-5way-5shot-firstorder", "Omniglot 5-way 5-shot, first-order approx.", "omniglot5way",
+         _OMNI_5, 5, (("stop_grad", True),), (0.992, 0.002), 3, 1000, paper_ref=_FO_REF),
+    _img("omniglot-20way-1shot-firstorder", "Omniglot 20-way 1-shot, first-order approx.", "omniglot20way",
+         _OMNI_20, 1, (("stop_grad", True),), (0.894, 0.005), 5, 500, paper_ref=_FO_REF),
+    _img("omniglot-20way-5shot-firstorder", "Omniglot 20-way 5-shot, first-order approx.", "omniglot20way",
+         _OMNI_20, 5, (("stop_grad", True),), (0.979, 0.001), 5, 300, paper_ref=_FO_REF),
     _img("omniglot-5way-1shot-noconv", "Omniglot 5-way 1-shot, MAML no conv", "omniglot5way_noconv",
          _OMNI_5, 1, (("conv", False),), (0.897, 0.011), 3, 2000,
          "fc net 256-128-64-64 (--conv=False); same settings as the conv 5-way model (paper appendix A.1)"),

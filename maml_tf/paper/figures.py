@@ -1,4 +1,5 @@
-"""The paper's sinusoid figures, from trained runs: ``python -m maml_tf.paper.figures --logdir LOGS --out DIR``.
+"""The paper's sinusoid figures, from trained runs: ``python -m maml_tf.paper.figures --logdir LOGS --out DIR``;
+and the results at a glance, from the published models: ``... --glance --out docs --readme README.md``.
 
 Figure 2: for a few sinusoid tasks, the true curve, the K points used for the
 inner gradient steps, and the prediction before adaptation and after 1 and 10
@@ -288,10 +289,42 @@ def make_figures(logroot, out_dir, budget=False, seed=0, rows=3, out=print, orig
     return written
 
 
+def glance(out_dir, readme=None, out=print):
+    """The results at a glance from the published models' manifests: the figure
+    (``out_dir``/results_at_a_glance.png), the table printed, and with ``readme`` the
+    table between that file's markers replaced (:mod:`maml_tf.paper.glance`)."""
+    from maml_tf.paper import glance as g
+    table_rows = g.rows()
+    table = g.markdown(table_rows)
+    path = g.figure(table_rows, os.path.join(out_dir, "results_at_a_glance.png"), pyplot)
+    out(table)
+    out(f"Wrote {path}")
+    if readme is not None:
+        with open(readme) as f:
+            text = f.read()
+        try:
+            new = g.replace_in(text, table)
+        except ValueError as e:
+            raise FiguresError(f"{readme}: {e}") from None
+        if new != text:
+            tmp = f"{readme}.tmp-{os.getpid()}"
+            with open(tmp, "w") as f:
+                f.write(new)
+            os.replace(tmp, readme)
+        out(f"{'Updated' if new != text else 'Unchanged:'} the table in {readme}")
+    return path
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m maml_tf.paper.figures",
-                                     description="The paper's Figures 2 and 3 (sinusoid) as PNG files.")
-    parser.add_argument("--logdir", required=True, help="log root of reproduce/run.py (holds sine/ and budget/sine/)")
+                                     description="The paper's Figures 2 and 3 (sinusoid) as PNG files; "
+                                                 "--glance: the results at a glance (every cell of the "
+                                                 "paper's tables against the published models).")
+    parser.add_argument("--logdir", help="log root of reproduce/run.py (holds sine/ and budget/sine/)")
+    parser.add_argument("--glance", action="store_true",
+                        help="draw OUT/results_at_a_glance.png and print the table from pretrained/*/manifest.json")
+    parser.add_argument("--readme", default=None, metavar="FILE",
+                        help="with --glance: replace the table between the results-at-a-glance markers of FILE")
     parser.add_argument("--out", default="figures", help="folder for figure2.png and figure3.png")
     parser.add_argument("--budget", action="store_true", help="use the budget-length runs (LOGDIR/budget/sine)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the Figure 2 tasks")
@@ -299,7 +332,12 @@ def main(argv=None):
     parser.add_argument("--original", default=None, metavar="DIR",
                         help="log folder of the authors' code's sinusoid run: its MAML curves in Figure 3")
     args = parser.parse_args(argv)
+    if not args.glance and not args.logdir:
+        parser.error("--logdir is required (or --glance)")
     try:
+        if args.glance:
+            glance(args.out, args.readme)
+            return 0
         make_figures(args.logdir, args.out, args.budget, args.seed, args.rows, original=args.original)
     except FiguresError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -35,7 +35,7 @@ a CPU, main.py times the step (all of the above, in two short child processes) w
 Measured on this project's machine with oneDNN, ATen and XLA capped at AVX2
 (``ONEDNN_MAX_CPU_ISA=AVX2``, the EPYC's instruction set): mini5w1s 2.43 s per step with
 Eigen (its best path, loop) against 1.20 s with oneDNN (loop) and torch.func's 2.08 s
-(README, "On a CPU without AVX-512").  A ``TF_ENABLE_ONEDNN_OPTS`` set by the user is
+(docs/speed.md, "On a CPU without AVX-512").  A ``TF_ENABLE_ONEDNN_OPTS`` set by the user is
 always obeyed.
 """
 import json

@@ -37,11 +37,11 @@ def make_strategy(kind, cpu_devices=0):
     if kind == "multi_worker":
         if "TF_CONFIG" not in os.environ:
             raise UsageError("--distribution=multi_worker needs the TF_CONFIG environment variable "
-                             "(cluster and task) on every worker; see README")
+                             "(cluster and task) on every worker; see docs/distributed.md")
         try:
             json.loads(os.environ["TF_CONFIG"])
         except ValueError:
-            raise UsageError("TF_CONFIG is not valid JSON: see README for its form") from None
+            raise UsageError("TF_CONFIG is not valid JSON: see docs/distributed.md for its form") from None
         if cpu_devices:
             split_cpu(cpu_devices)
         return tf.distribute.MultiWorkerMirroredStrategy()

@@ -94,8 +94,8 @@ def test_figures_cli(tmp_path):
 
 
 def test_figure3_with_the_original_codes_curves(tmp_path):
-    """--original adds the authors' code's MAML curves (its test CSV) and both codes'
-    medians (their test .pkl), the diverging tasks counted in the labels."""
+    """--original adds the authors' code's MAML curves (its test CSV and .pkl); every curve
+    with a .pkl is drawn as the mean over the tasks that do not diverge, with the median."""
     import pickle
     pytest.importorskip("matplotlib")
     root = tmp_path / "logs"
@@ -115,11 +115,18 @@ def test_figure3_with_the_original_codes_curves(tmp_path):
             pickle.dump({"mses": m}, f)
     curves, missing = figures.figure3_curves(str(root), budget=True, original=str(tmp_path / "original"))
     assert missing == []
-    label, data, _, _, medians = curves[5][-1]
-    assert label == "MAML (cbfinn/maml) (1 of 20 diverge)"
-    m_nan_as_inf = np.where(np.isnan(m), np.inf, m)  # the K=10 draw; check K=10's curve
-    np.testing.assert_allclose(curves[10][-1][4], np.median(m_nan_as_inf, axis=0))
-    assert curves[5][0][0].startswith("MAML (ours) (") and curves[5][0][4] is not None  # ours: its .pkl
+    label, data, _, _, per_task = curves[10][-1]
+    assert label == "MAML (cbfinn/maml)"
+    np.testing.assert_array_equal(per_task, m)  # the K=10 draw, read back from its .pkl
+    # The curve drawn: the mean over the 19 tasks that do not diverge, its interval, and the
+    # median over all 20 with the diverging task as +inf.
+    means, ci95, kept = figures.trimmed(m)
+    assert kept == 19
+    ok = np.delete(m, 3, axis=0)
+    np.testing.assert_allclose(means, ok.mean(0))
+    np.testing.assert_allclose(ci95, 1.96 * ok.std(0) / np.sqrt(19))
+    np.testing.assert_allclose(figures.medians(m), np.median(np.where(np.isnan(m), np.inf, m), axis=0))
+    assert curves[5][0][0] == "MAML (ours)" and curves[5][0][4] is not None  # ours: its .pkl
     written = figures.make_figures(str(root), str(tmp_path / "figs"), budget=True, rows=1,
                                    out=lambda *a: None, original=str(tmp_path / "original"))
     assert _png_size(written[0]) == (1000, 400)
@@ -128,3 +135,28 @@ def test_figure3_with_the_original_codes_curves(tmp_path):
     figures.make_figures(str(root), str(tmp_path / "figs2"), budget=True, rows=1, out=lines.append,
                          original=str(tmp_path / "nothing"))
     assert any(l.startswith("Figure 3: missing the original's K=5 test") for l in lines), lines
+
+
+def test_figure3_keeps_a_diverging_task_off_the_mean_and_counts_it(tmp_path, monkeypatch):
+    """One task in 600 diverging must not pull the plotted mean off the axes: the line is the
+    mean of the others, the legend says how many were left out, the y range stays on the data."""
+    pytest.importorskip("matplotlib")
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rng = np.random.default_rng(1)
+    m = rng.uniform(0.1, 1.0, (600, 11)) * np.linspace(3, 1, 11)
+    m[7, 3:] = np.geomspace(30, 1e9, 8)  # grows without bound
+    csv = results.TestCSV(path="x.csv", means=m.mean(0), stds=m.std(0),
+                          ci95=1.96 * m.std(0) / np.sqrt(600))
+    saved = {}
+    monkeypatch.setattr(plt, "close", lambda fig: saved.setdefault("fig", fig))
+    figures.figure3({10: [("MAML (ours)", csv, "tab:green", "-", m)]}, str(tmp_path / "f3.png"))
+    ax = saved["fig"].axes[0]
+    labels = [line.get_label() for line in ax.get_lines()]
+    assert "MAML (ours): mean of 599 of 600 tasks (1 exceed MSE 25)" in labels
+    assert "MAML (ours): median of all tasks" in labels
+    assert not any("off scale" in l for l in labels)
+    mean_line = ax.get_lines()[labels.index("MAML (ours): mean of 599 of 600 tasks (1 exceed MSE 25)")]
+    np.testing.assert_allclose(mean_line.get_ydata(), np.delete(m, 7, axis=0).mean(0))
+    assert ax.get_ylim()[1] < 5  # the CSV's mean (1e6 and more) would have set it

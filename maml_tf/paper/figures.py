@@ -8,14 +8,15 @@ K=10 with step 0.02), read from the runs' checkpoints.
 
 Figure 3: mean squared error against the number of inner gradient steps, for
 K=5 and K=10, MAML against the pretrained model and the oracle, read from the
-runs' test CSVs (mean with its 95% confidence band).
+runs' test CSVs and their per-task .pkl files: the mean over the tasks that never
+diverge with its 95% confidence band, the diverging tasks counted in the legend, and
+the median over all tasks dotted beside it.
 
 ``--original DIR`` adds the authors' own code's MAML curves to Figure 3: DIR is the log
 folder of ``python -m maml_tf.paper.original`` (or of ``reproduce/sinusoid_original.py``,
 ``LOGROOT/original/seedS``) after its sinusoid usage line with ``--update_lr=0.01`` and its
-two tests (K=10; ``--update_batch_size=5 --train_update_batch_size=10``).  Where the test
-``.pkl`` is there, the medians of both codes' MAML curves are drawn too (dotted), and the
-legend counts the tasks that diverge (MSE after 10 steps not finite or above 25).
+two tests (K=10; ``--update_batch_size=5 --train_update_batch_size=10``).  A task diverges
+when its MSE after 10 steps is not finite or above 25.
 
 The runs are the sinusoid experiments of :mod:`maml_tf.paper.experiments`, found under
 LOGS/sine (``--budget``: LOGS/budget/sine) as ``reproduce/run.py`` leaves them.
@@ -138,29 +139,68 @@ def figure2(panels, tasks, path, grid_points=200):
     return path
 
 
+def diverges_anywhere(m):
+    """Per task: its MSE is not finite or above DIVERGED after some step (a task can blow up
+    after step 3 and come back under the limit by step 10)."""
+    return ~np.all(m <= DIVERGED, axis=1)
+
+
+def trimmed(m):
+    """(means, 95% intervals, tasks kept) per step over the tasks that stay under DIVERGED
+    at every step (:func:`diverges_anywhere`), from a [tasks, steps] matrix of per-task MSEs."""
+    keep = m[~diverges_anywhere(m)]
+    n = len(keep)
+    if n == 0:
+        nan = np.full(m.shape[1], np.nan)
+        return nan, nan, 0
+    return keep.mean(0), 1.96 * keep.std(0) / np.sqrt(n), n
+
+
 def figure3(curves, path):
-    """Write Figure 3.  ``curves``: {K: [(label, TestCSV, colour, linestyle)]}, one panel per K."""
+    """Write Figure 3.  ``curves``: {K: [(label, TestCSV, colour, linestyle[, per-task MSEs])]},
+    one panel per K.
+
+    Where a curve's per-task MSEs are known (the test's .pkl), the line is the mean over the
+    tasks that never diverge (MSE above DIVERGED or not finite after any step), with its 95%
+    band, the legend counts the tasks left out, and the
+    median over all tasks is drawn dotted beside it: one task in 600 whose loss grows without
+    bound would otherwise pull the mean off the axes (the tables keep the plain means).  A curve
+    known only from its CSV is drawn as the CSV's means, a mean beyond the axes marked at the top.
+    """
     plt = pyplot()
     ks = sorted(curves)
     fig, axes = plt.subplots(1, len(ks), figsize=(5 * len(ks), 4), squeeze=False)
     for ax, k in zip(axes[0], ks):
-        # The y range follows the pre-update / first-step errors, as the paper's plot;
-        # a mean beyond it (a few test tasks diverging) is marked at the top edge.
-        firsts = [v for _, d, *_ in curves[k] for v in d.means[:2] if np.isfinite(v)]
-        top = 1.15 * max(firsts) if firsts else None
-        for label, data, colour, style, *medians in curves[k]:
-            steps = np.arange(len(data.means))
-            if medians and medians[0] is not None:
-                ax.plot(steps, medians[0], ":", color=colour, lw=1, label=f"{label.split(' (')[0]}: median")
-            means, ci95 = np.array(data.means, dtype=float), np.array(data.ci95, dtype=float)
+        drawn = []
+        for label, data, colour, style, *per_task in curves[k]:
+            m = per_task[0] if per_task else None
+            if m is None or "oracle" in label:
+                means, ci95, med = np.array(data.means, float), np.array(data.ci95, float), None
+            else:
+                means, ci95, kept = trimmed(m)
+                med = medians(m)
+                if kept < len(m):
+                    label = f"{label}: mean of {kept} of {len(m)} tasks ({len(m) - kept} exceed MSE {DIVERGED:g})"
             if "oracle" in label:
                 # The oracle gets amplitude and phase as inputs and is not fine-tuned:
                 # a constant, its error before any step (the paper's flat line).
                 means, ci95 = np.full_like(means, means[0]), np.full_like(ci95, ci95[0])
+            drawn.append((label, means, ci95, colour, style, med, m is not None))
+        # The y range follows the pre-update / first-step errors, as the paper's plot, and the
+        # whole of each curve drawn from its tasks (on scale by construction); the upper part
+        # is left to the legend.
+        shown = [v for _, means, _, _, _, _, whole in drawn for v in (means if whole else means[:2])
+                 if np.isfinite(v)]
+        top = 1.5 * max(shown) if shown else None
+        for label, means, ci95, colour, style, med, _ in drawn:
+            steps = np.arange(len(means))
             ax.plot(steps, np.where(np.isfinite(means), means, np.nan), style, color=colour,
                     marker="o", ms=3, label=label)
             shown = np.isfinite(means) & (means <= (np.inf if top is None else top))  # bands on scale
             ax.fill_between(steps, means - ci95, means + ci95, where=shown, color=colour, alpha=0.2)
+            if med is not None:
+                ax.plot(steps, np.where(np.isfinite(med), med, np.nan), ":", color=colour, lw=1.2,
+                        label=f"{label.split(':')[0]}: median of all tasks")
             if top is not None:
                 off = ~(np.isfinite(means) & (means <= top))
                 if off.any():
@@ -170,7 +210,7 @@ def figure3(curves, path):
         ax.set_xlabel("number of gradient steps")
         ax.set_ylabel("mean squared error")
         ax.set_ylim(0, top)
-        ax.legend(fontsize=6, loc="upper right", framealpha=0.6)
+        ax.legend(fontsize=6, loc="upper right", framealpha=0.7)
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)
@@ -214,19 +254,16 @@ def medians(m):
     return np.median(np.where(np.isnan(m), np.inf, m), axis=0)
 
 
-def _median_label(csv_path, label):
-    """The medians per step of a test's .pkl beside ``csv_path`` (None if absent) and
-    ``label`` with the number of diverging tasks."""
+def _per_task(csv_path):
+    """The per-task MSEs of the test's .pkl beside ``csv_path``, or None where it is absent."""
     pkl = csv_path[:-len(".csv")] + ".pkl"
-    if not os.path.isfile(pkl):
-        return None, label
-    m = read_mses(pkl)
-    return medians(m), f"{label} ({int(diverged(m).sum())} of {len(m)} diverge)"
+    return read_mses(pkl) if os.path.isfile(pkl) else None
 
 
 def figure3_curves(logroot, budget=False, original=None):
-    """{K: [(label, TestCSV, colour, style[, medians])]} from the test CSVs present; and the
-    missing ones.  ``original``: the authors' code's sinusoid log folder (its MAML curves)."""
+    """{K: [(label, TestCSV, colour, style, per-task MSEs or None)]} from the test CSVs present
+    (and their .pkl files); and the missing ones.  ``original``: the authors' code's sinusoid
+    log folder (its MAML curves)."""
     from maml_tf.paper.results import ResultsError, read_test_csv
     curves, missing = {}, []
     for k in (5, 10):
@@ -239,12 +276,8 @@ def figure3_curves(logroot, budget=False, original=None):
             except ResultsError:
                 missing.append(name)
                 continue
-            label = label.format(lr=cfg.update_lr)
-            if original is None or kind != "maml":
-                curves.setdefault(k, []).append((label, data, colour, style))
-                continue
-            medians, label = _median_label(path, label)
-            curves.setdefault(k, []).append((label, data, colour, style, medians))
+            curves.setdefault(k, []).append((label.format(lr=cfg.update_lr), data, colour, style,
+                                             _per_task(path)))
         if original is not None:
             exp = "cls_5.mbs_25.ubs_10.numstep1.updatelr0.01nonorm"  # the original's folder name
             path = os.path.join(original, exp, f"test_ubs{k}_stepsize0.01.csv")
@@ -253,8 +286,7 @@ def figure3_curves(logroot, budget=False, original=None):
             except ResultsError:
                 missing.append(f"the original's K={k} test ({path})")
                 continue
-            medians, label = _median_label(path, "MAML (cbfinn/maml)")
-            curves.setdefault(k, []).append((label, data, "tab:orange", "-.", medians))
+            curves.setdefault(k, []).append(("MAML (cbfinn/maml)", data, "tab:orange", "-.", _per_task(path)))
     return curves, missing
 
 

@@ -12,7 +12,12 @@ update; everything the training loop calls per iteration) and prints one JSON
 line with the keys of the speed anchors in ../shared/anchors:
 ``stack, config, first_order, sec_per_iter_median, sec_per_iter_min, iters,
 peak_rss_mb, final_meta_loss, initial_meta_loss`` plus ``compile_s`` (the
-first call: trace + graph optimisation / XLA compilation + one step).
+first call: trace + graph optimisation / XLA compilation + one step), and the step's
+floating-point work and how close it runs to the machine's limit (``bench/flops.py``):
+``flops_per_step`` and ``product_flops_per_step`` (the convolutions and matrix products,
+counted from the step's graph), ``product_gflops_per_s`` (those over the median time),
+``peak_gflops`` (TensorFlow's own large matrix product, same precision and threads,
+measured after the timed steps; ``--no_peak`` skips it) and ``percent_of_peak``.
 
 Parameters and data are drawn exactly as the anchors draw them (one
 ``np.random.default_rng(0)`` stream: the weights, then the data), so
@@ -46,6 +51,13 @@ CONFIGS = {
                          update_batch_size=1, num_updates=1, update_lr=0.4, num_filters=64),
     "omniglot20w1s": dict(datasource="omniglot", num_classes=20, meta_batch_size=16,
                           update_batch_size=1, num_updates=5, update_lr=0.1, num_filters=64),
+    # The paper's other Omniglot rows (its 1-shot usage lines with --update_batch_size=5): the
+    # long runs of the Omniglot table.  The anchors have no such configuration; --compare needs
+    # one, so these run alone.
+    "omniglot5w5s": dict(datasource="omniglot", num_classes=5, meta_batch_size=32,
+                         update_batch_size=5, num_updates=1, update_lr=0.4, num_filters=64),
+    "omniglot20w5s": dict(datasource="omniglot", num_classes=20, meta_batch_size=16,
+                          update_batch_size=5, num_updates=5, update_lr=0.1, num_filters=64),
     "mini5w1s": dict(datasource="miniimagenet", num_classes=5, meta_batch_size=4,
                      update_batch_size=1, num_updates=5, update_lr=0.01, num_filters=32,
                      max_pool=True),
@@ -56,6 +68,7 @@ CONFIGS = {
 READY_MARKER = "meta_step: warm-up done"
 # (iters, warmup) of our step by default.
 DEFAULT_ITERS = {"sinusoid": (300, 30), "omniglot5w1s": (30, 3), "omniglot20w1s": (10, 2),
+                 "omniglot5w5s": (10, 2), "omniglot20w5s": (4, 1),
                  "mini5w1s": (6, 1), "mini5w5s": (3, 1)}
 # Anchor runs of --compare: (stack, tasks, iters, warmup) per config and order.  The
 # fastest cells of the anchors' README table, and the runner-up where it is close;
@@ -197,6 +210,12 @@ def run_ours(args):
     if args.step_times:  # every timed step's (start, end), time.perf_counter (CLOCK_MONOTONIC)
         np.save(args.step_times, np.array(spans[warmup:], dtype=np.float64))
     timed = times[warmup:]
+    # The step's floating-point work, counted from its traced graph, and TensorFlow's own
+    # matrix-product peak on this machine with the same threads (bench/flops.py).
+    import flops as flop_count
+    work = flop_count.step_flops(model, next_batch())
+    peak_gflops = None if args.no_peak else flop_count.peak(str(model.dtype.name))[0]
+    rate = work["products"] / statistics.median(timed) / 1e9
     return {
         "stack": "maml-tf", "config": args.config, "first_order": args.first_order,
         "tasks": model.task_mode, "xla": bool(model.jit_compile),
@@ -205,6 +224,10 @@ def run_ours(args):
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         "final_meta_loss": losses[-1], "initial_meta_loss": losses[0],
         "compile_s": times[0], "cpu_sec_per_iter_median": statistics.median(cpu[warmup:]),
+        "flops_method": "graph ops, shapes (bench/flops.py)", "flops_per_step": work["total"],
+        "product_flops_per_step": work["products"], "product_gflops_per_s": round(rate, 2),
+        "peak_gflops": None if peak_gflops is None else round(peak_gflops, 1),
+        "percent_of_peak": None if peak_gflops is None else round(100 * rate / peak_gflops, 1),
         "load_avg": os.getloadavg()[0], "warmup": warmup, "threads": args.threads,
         "cpu": cpu_description(), "onednn": onednn,
         "tf_intra_inter_threads": list(pools),
@@ -260,6 +283,9 @@ def _run_json(cmd, timeout):
 
 def parse_anchors(spec, config):
     if not spec:
+        if config not in ANCHORS:
+            raise SystemExit(f"--compare: the anchors have no {config} configuration "
+                             f"(run it without --compare, or name --anchors)")
         return ANCHORS[config]
     out = []
     for item in spec.split(","):
@@ -267,7 +293,7 @@ def parse_anchors(spec, config):
         stack, tasks = parts[0], parts[1] if len(parts) > 1 else "vmap"
         iters = int(parts[2]) if len(parts) > 2 else None
         warmup = int(parts[3]) if len(parts) > 3 else None
-        default = {(s, t): (i, w) for s, t, i, w in ANCHORS[config]}.get((stack, tasks))
+        default = {(s, t): (i, w) for s, t, i, w in ANCHORS.get(config, [])}.get((stack, tasks))
         if default is None:
             default = DEFAULT_ITERS[config]
         out.append((stack, tasks, iters if iters is not None else default[0],
@@ -287,6 +313,8 @@ def compare(args):
             ours_cmd += [flag, str(value)]
     if args.first_order:
         ours_cmd.append("--first_order")
+    if args.no_peak:
+        ours_cmd.append("--no_peak")
     runs = [("maml-tf", None, ours_cmd)]
     for stack, tasks, iters, warmup in parse_anchors(args.anchors, args.config):
         script = anchors_dir / ("torch_maml_bench.py" if stack == "torch" else "jax_maml_bench.py")
@@ -353,6 +381,8 @@ def main():
                          "(bench/main_speed.py)")
     ap.add_argument("--ready_marker", action="store_true",
                     help=f"print {READY_MARKER!r} to stderr when the warm-up is done (bench/main_speed.py)")
+    ap.add_argument("--no_peak", action="store_true",
+                    help="skip the matrix-product peak (a few seconds; percent_of_peak then null)")
     ap.add_argument("--compare", action="store_true",
                     help="also run the anchors, interleaved, and print the ratios")
     ap.add_argument("--rounds", type=int, default=1, help="--compare: rounds of interleaved runs")

@@ -14,8 +14,9 @@ marked as such).  Runs already trained or tested are not repeated.
 
 ``engines``: Omniglot 5-way 1-shot, MAML's usage line with each ``--meta_gradient``
 (and DropGrad).  ``methods``: Omniglot 5-way and 20-way 1-shot with each ``--method``
-and MAML++ (every component on, with its paper's 5 inner steps of 0.1).  The
-hyperparameters each method's paper uses where they differ from MAML's are in ROWS.
+and MAML++ (every component on, 5 inner steps of 0.1), MAML's settings otherwise.
+``own``: each method (and iMAML, DropGrad) at its own paper's settings, from
+docs/methods.md, with its schedules scaled to the budget.
 """
 import argparse
 import csv
@@ -70,6 +71,41 @@ ROWS = {
                   msl_iterations="10%", da_iterations="33%", _column=5) for c in ("5w1s", "20w1s")},
          {"5w1s": (99.47, None, "Antoniou et al. 2019"), "20w1s": (97.65, 0.05, "Antoniou et al. 2019")}),
     ],
+    # Each method at its own paper's settings (docs/methods.md, "Each method with its own paper's
+    # settings", for every value's source), its schedules scaled to the budget.  Step sizes of
+    # the mean-loss codes (MAML++, iMAML) are divided by N, iMAML's lambda multiplied by N: this
+    # loss is the original's, N times the mean cross-entropy.
+    "own": [
+        ("MAML (the original's usage lines)", {"5w1s": {}, "20w1s": {}},
+         {"5w1s": (98.7, 0.4, "Finn et al. 2017"), "20w1s": (95.8, 0.3, "Finn et al. 2017")}),
+        ("Meta-SGD (one step, trained and tested)",
+         {"5w1s": dict(method="metasgd", _column=1),
+          "20w1s": dict(method="metasgd", num_updates=1, _column=1)},
+         {"5w1s": (99.53, 0.26, "Li et al. 2017"), "20w1s": (95.93, 0.38, "Li et al. 2017")}),
+        ("Reptile (Adam inner, 10 training shots, 1 query, meta-batch 5, outer 1.0 annealed)",
+         {"5w1s": dict(method="reptile", reptile_inner="adam", update_batch_size=10, num_query=1,
+                       update_lr=0.001, num_updates=5, meta_lr=1.0, meta_batch_size=5,
+                       _test=dict(update_batch_size=1, train_update_batch_size=10, num_query=1)),
+          "20w1s": dict(method="reptile", reptile_inner="adam", update_batch_size=10, num_query=1,
+                        update_lr=0.0005, num_updates=10, meta_lr=1.0, meta_batch_size=5,
+                        _test=dict(update_batch_size=1, train_update_batch_size=10, num_query=1))},
+         {"5w1s": (97.68, 0.04, "Nichol et al. 2018, transductive, 50 test steps"),
+          "20w1s": (89.43, 0.14, "Nichol et al. 2018, transductive, 50 test steps")}),
+        ("MAML++ (LSLR, MSL 10%, BNWB, CA; 5 steps, meta-batch 8, max-pool)",
+         {c: dict(lslr=True, bnwb=True, cosine_annealing=True, min_meta_lr=1e-5, num_updates=5,
+                  update_lr=lr, meta_batch_size=8, max_pool=True, msl_iterations="10%", _column=5)
+          for c, lr in (("5w1s", 0.1 / 5), ("20w1s", 0.1 / 20))},
+         {"5w1s": (99.47, None, "Antoniou et al. 2019"), "20w1s": (97.65, 0.05, "Antoniou et al. 2019")}),
+        ("iMAML (16 / 25 steps, lambda 2 per mean loss, 5 CG steps)",
+         {"5w1s": dict(meta_gradient="implicit", num_updates=16, update_lr=0.1 / 5, imaml_lambda=2.0 * 5,
+                       cg_steps=5, _column=16),
+          "20w1s": dict(meta_gradient="implicit", num_updates=25, update_lr=0.1 / 20, imaml_lambda=2.0 * 20,
+                        cg_steps=5, meta_batch_size=32, _column=25)},
+         {"5w1s": (99.16, 0.35, "iMAML-GD, Rajeswaran et al. 2019"),
+          "20w1s": (94.46, 0.42, "iMAML-GD, Rajeswaran et al. 2019")}),
+        ("DropGrad (Bernoulli 0.1 on first-order MAML)",
+         {c: dict(stop_grad=True, dropgrad=0.1) for c in ("5w1s", "20w1s")}, {"5w1s": None, "20w1s": None}),
+    ],
 }
 
 
@@ -80,6 +116,7 @@ def flags_for(config, extra, iterations, logroot, data_dir):
     extra = dict(extra)
     folder = config + ("-" + extra.pop("_folder") if "_folder" in extra else "")
     extra.pop("_column", None)
+    extra.pop("_test", None)
     values = dict(BASE[config], metatrain_iterations=iterations, logdir=os.path.join(logroot, folder),
                   data_dir=data_dir, seed=0)
     for k, v in extra.items():  # fractions of the run's length (MAML++'s schedules)
@@ -91,15 +128,21 @@ def _cmd(values, *more):
     return [*python_main(), *[f"--{k}={v}" for k, v in values.items()], *more]
 
 
+def test_values(values, extra):
+    """The test command's flags: the training flags, --train=False --test_set=True, and the
+    row's own test-time changes (``_test``: Reptile trains on 10 shots and tests on 1)."""
+    return {**values, "train": False, "test_set": True, **extra.get("_test", {})}
+
+
 def run_row(config, extra, iterations, logroot, data_dir, log):
     values = flags_for(config, extra, iterations, logroot, data_dir)
-    cfg = config_from_flags({**values, "train": False, "test_set": True})
+    cfg = config_from_flags(test_values(values, extra))
     csv_path = os.path.join(cfg.exp_dir, cfg.test_csv_stem + ".csv")
     if os.path.exists(csv_path):
         return cfg, csv_path
     t0 = time.time()
-    for extra_flags in ([], ["--train=False", "--test_set=True"]):
-        cmd = _cmd(values, *extra_flags)
+    for flags in (values, test_values(values, extra)):
+        cmd = _cmd(flags)
         print("$ " + " ".join(cmd), flush=True)
         with open(log, "a") as f:
             r = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO)
@@ -130,7 +173,7 @@ def table(name, iterations, logroot, data_dir, run, configs=tuple(BASE)):
         for config, extra in extras.items():
             its = iterations[config]
             values = flags_for(config, extra, its, logroot, data_dir)
-            cfg = config_from_flags({**values, "train": False, "test_set": True})
+            cfg = config_from_flags(test_values(values, extra))
             csv_path = os.path.join(cfg.exp_dir, cfg.test_csv_stem + ".csv")
             if run and config in configs:
                 cfg, csv_path = run_row(config, extra, its, logroot, data_dir, log)

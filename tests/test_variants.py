@@ -1,0 +1,40 @@
+"""reproduce/variants.py: every budget row, in every table, is a valid main.py run whose test
+finds its training run, and reads a column the test CSV has."""
+import pathlib
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "reproduce"))
+import variants  # noqa: E402
+
+from maml_tf.run.config import config_from_flags  # noqa: E402
+
+ROWS = [(table, row, config, extra) for table, rows in variants.ROWS.items()
+        for row, extras, _ in rows for config, extra in extras.items()]
+
+
+@pytest.mark.parametrize("table,row,config,extra", ROWS, ids=[f"{t}:{c}:{r[:24]}" for t, r, c, _ in ROWS])
+def test_row_trains_and_tests_the_same_run(table, row, config, extra, tmp_path):
+    values = variants.flags_for(config, extra, 1000, str(tmp_path / table), str(tmp_path / "data"))
+    train, test = config_from_flags(values), config_from_flags(variants.test_values(values, extra))
+    assert train.train and not test.train and test.test_set
+    assert test.exp_dir == train.exp_dir  # the test restores the run it trained
+    column = extra.get("_column") or test.reported_steps[-1]
+    assert column <= max(10, test.num_updates)  # the test CSV has update0..update{max(10, n)}
+
+
+def test_own_settings_rows_convert_the_mean_loss_codes_step_sizes():
+    """MAML++ and iMAML's codes take mean losses: here (N x the mean) their step is a / N and
+    iMAML's lambda N x lam, so the 5-way and 20-way rows differ by exactly that factor."""
+    own = {row: extras for row, extras, _ in variants.ROWS["own"]}
+    mamlpp = next(v for k, v in own.items() if k.startswith("MAML++"))
+    assert mamlpp["5w1s"]["update_lr"] == pytest.approx(0.1 / 5)
+    assert mamlpp["20w1s"]["update_lr"] == pytest.approx(0.1 / 20)
+    imaml = next(v for k, v in own.items() if k.startswith("iMAML"))
+    assert imaml["5w1s"]["imaml_lambda"] == pytest.approx(10.0) and imaml["20w1s"]["imaml_lambda"] == pytest.approx(40.0)
+    reptile = next(v for k, v in own.items() if k.startswith("Reptile"))
+    values = variants.flags_for("5w1s", reptile["5w1s"], 1000, "/tmp/x", "/tmp/d")
+    test = config_from_flags(variants.test_values(values, reptile["5w1s"]))
+    assert test.update_batch_size == 1 and config_from_flags(values).update_batch_size == 10

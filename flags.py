@@ -65,6 +65,7 @@ flags.DEFINE_string("init_checkpoint", "", "prefix of a checkpoint written by th
 flags.DEFINE_enum("distribution", "none", ["none", "mirrored", "multi_worker"], "meta-train under tf.distribute: mirrored (the GPUs of one machine), multi_worker (several machines, set by TF_CONFIG); the meta-batch is split across replicas and must be divisible by their number.")
 flags.DEFINE_integer("cpu_devices", 0, "split the CPU into this many logical devices for --distribution (testing without GPUs).")
 flags.DEFINE_bool("xla", None, "compile the training step with XLA (True) or not (False); unset: the faster on this machine (measured once and cached; XLA usually wins for the fc nets only).")
+flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16"], "of the conv nets' products (convolutions, their gradients, the output layer): bfloat16 rounds their operands (AVX-512 BF16, AMX, tensor cores) and keeps the weights, batch norm, losses, inner updates and optimiser in float32; opt-in (docs/speed.md). The log folder gets .bf16.")
 flags.DEFINE_bool("fuse_steps", True, "sinusoid: run the 99 meta-steps between two summary iterations in one compiled call (the same updates; a call per step costs a third of the step). False: one call per step.")
 flags.DEFINE_string("step_times", "", "write the end time of every training iteration (seconds, time.perf_counter) to this .npy file (for bench/main_speed.py).")
 

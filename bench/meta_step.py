@@ -136,11 +136,11 @@ def _spec(config):
 
 
 # ---------------------------------------------------------------------------- ours
-def _config(config, first_order=False, task_mode=None, xla=None):
+def _config(config, first_order=False, task_mode=None, xla=None, precision="float32"):
     """The Config of ``config``'s usage line as main.py would make it."""
     sys.path.insert(0, str(REPO))
     from maml_tf.run.config import Config
-    fields = dict(CONFIGS[config], stop_grad=first_order, seed=0)
+    fields = dict(CONFIGS[config], stop_grad=first_order, seed=0, precision=precision)
     if task_mode:
         fields["task_mode"] = task_mode
     # None: what main.py runs (maml_tf.run.autotune: measured on this machine, cached)
@@ -148,14 +148,14 @@ def _config(config, first_order=False, task_mode=None, xla=None):
     return Config(**fields)
 
 
-def build(config, first_order=False, task_mode=None, xla=None):
+def build(config, first_order=False, task_mode=None, xla=None, precision="float32"):
     """(model, cfg, next_batch): the model of ``config`` as build_model makes it, and the
     data source of the anchors (weights and data from one default_rng(0) stream)."""
     import numpy as np
     sys.path.insert(0, str(REPO))
     from maml_tf.run.model import build_model
 
-    cfg = _config(config, first_order, task_mode, xla)
+    cfg = _config(config, first_order, task_mode, xla, precision)
     model = build_model(cfg, tune=True, out=lambda line: print(line, file=sys.stderr))
     rng = np.random.default_rng(0)
     model.spec.init(rng=rng)  # advance the stream past the weights, as the anchors do
@@ -187,7 +187,7 @@ def run_ours(args):
     import numpy as np
     import tensorflow as tf
 
-    model, cfg, next_batch = build(args.config, args.first_order, args.task_mode, args.xla)
+    model, cfg, next_batch = build(args.config, args.first_order, args.task_mode, args.xla, args.precision)
     iters, warmup = DEFAULT_ITERS[args.config]
     iters = args.iters if args.iters is not None else iters
     warmup = max(1, args.warmup if args.warmup is not None else warmup)
@@ -214,10 +214,11 @@ def run_ours(args):
     # matrix-product peak on this machine with the same threads (bench/flops.py).
     import flops as flop_count
     work = flop_count.step_flops(model, next_batch())
-    peak_gflops = None if args.no_peak else flop_count.peak(str(model.dtype.name))[0]
+    peak_gflops = None if args.no_peak else flop_count.peak(args.precision)[0]
     rate = work["products"] / statistics.median(timed) / 1e9
     return {
         "stack": "maml-tf", "config": args.config, "first_order": args.first_order,
+        "precision": args.precision,
         "tasks": model.task_mode, "xla": bool(model.jit_compile),
         "sec_per_iter_median": statistics.median(timed), "sec_per_iter_min": min(timed),
         "iters": iters,
@@ -315,6 +316,8 @@ def compare(args):
         ours_cmd.append("--first_order")
     if args.no_peak:
         ours_cmd.append("--no_peak")
+    if args.precision != "float32":
+        ours_cmd += ["--precision", args.precision]
     runs = [("maml-tf", None, ours_cmd)]
     for stack, tasks, iters, warmup in parse_anchors(args.anchors, args.config):
         script = anchors_dir / ("torch_maml_bench.py" if stack == "torch" else "jax_maml_bench.py")
@@ -381,6 +384,8 @@ def main():
                          "(bench/main_speed.py)")
     ap.add_argument("--ready_marker", action="store_true",
                     help=f"print {READY_MARKER!r} to stderr when the warm-up is done (bench/main_speed.py)")
+    ap.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
+                    help="the conv nets' products (main.py's --precision); the peak is measured in it")
     ap.add_argument("--no_peak", action="store_true",
                     help="skip the matrix-product peak (a few seconds; percent_of_peak then null)")
     ap.add_argument("--compare", action="store_true",

@@ -30,6 +30,7 @@ BN_EPSILON = 1e-3   # tf.contrib.layers.batch_norm default
 _MAXPOOL_GRAD_DIFFERENTIATED = [True]
 LN_EPSILON = 1e-12  # tf.contrib.layers.layer_norm default
 NORMS = ("batch_norm", "layer_norm", "None")
+PRECISIONS = ("float32", "bfloat16")  # of the conv nets' products (_product)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,12 +52,15 @@ class NetworkSpec:
     max_pool: bool = False
     flatten: bool = False
     head_init: str = "normal"
+    precision: str = "float32"  # 'bfloat16': the conv nets' products in bfloat16 (_product)
 
     def __post_init__(self):
         if self.kind not in ("fc", "conv"):
             raise ValueError(f"unknown network kind {self.kind!r}: use 'fc' or 'conv'")
         if self.norm not in NORMS:
             raise ValueError(f"--norm={self.norm!r} is not one of {', '.join(NORMS)}")
+        if self.precision not in PRECISIONS or (self.precision != "float32" and self.kind != "conv"):
+            raise ValueError(f"--precision={self.precision!r}: use float32, or bfloat16 for a conv net")
         if self.kind == "conv" and self.img_size * self.img_size * self.channels != self.dim_input:
             raise ValueError(
                 f"conv net needs dim_input = img_size^2 * channels, got {self.dim_input} "
@@ -402,18 +406,37 @@ def grouped_conv_differentiable():
     return ok
 
 
-def _conv(h, kernel, strides, groups):
+def _product(op, a, b, precision):
+    """``op(a, b)`` (a convolution or a matrix product) with its operands in ``precision``.
+
+    bfloat16 (``--precision=bfloat16``, opt-in): both operands are rounded to bfloat16 (8 bits
+    of mantissa), the product runs on the CPU's bfloat16 units (AVX-512 BF16, AMX) or a GPU's
+    tensor cores (accumulating in float32), its result is rounded to bfloat16 by the kernel and
+    comes back in the model's dtype, so that everything else (the weights, batch norm, the
+    losses, the inner updates, the optimiser) stays float32.  The casts are differentiable: the
+    gradients of the product, first and second order, run in bfloat16 as well, and reach the
+    weights in float32.  float32 (the default) changes nothing.  How far this moves the
+    meta-gradient, and what it gains: docs/speed.md, "bfloat16".
+    """
+    if precision == "float32":
+        return op(a, b)
+    dtype = a.dtype
+    return tf.cast(op(tf.cast(a, tf.bfloat16), tf.cast(b, tf.bfloat16)), dtype)
+
+
+def _conv(h, kernel, strides, groups, precision="float32"):
     """3x3 'SAME' convolution; ``groups`` > 1 is the grouped (one group per task) form.
 
-    TF differentiates grouped convolutions in float32 only, and on CPU only
+    TF differentiates grouped convolutions in float32 (and bfloat16) only, and on CPU only
     through oneDNN (:func:`grouped_conv_differentiable`); otherwise (float64 in
     the tests, TensorFlow without oneDNN) the groups run one by one.
     """
+    conv = lambda a, k: tf.nn.conv2d(a, k, strides, "SAME")
     if groups == 1 or (h.dtype == tf.float32 and grouped_conv_differentiable()):
-        return tf.nn.conv2d(h, kernel, strides, "SAME")
+        return _product(conv, h, kernel, precision)
     hs = tf.split(h, groups, axis=-1)
     ks = tf.split(kernel, groups, axis=-1)
-    return tf.concat([tf.nn.conv2d(a, k, strides, "SAME") for a, k in zip(hs, ks)], axis=-1)
+    return tf.concat([_product(conv, a, k, precision) for a, k in zip(hs, ks)], axis=-1)
 
 
 def _forward_fc(spec, x, w, norm_params, batched, features=False):
@@ -546,7 +569,7 @@ def _forward_conv(spec, x, w, norm_params, batched, features=False):
             kh, kw, cin, cout = kernel.shape[1:]
             kernel = tf.reshape(tf.transpose(kernel, [1, 2, 3, 0, 4]), [kh, kw, cin, t * cout])
             bias = tf.reshape(bias, [t * cout])
-        h = _conv(h, kernel, strides, t if batched else 1) + bias
+        h = _conv(h, kernel, strides, t if batched else 1, spec.precision) + bias
         if batched and spec.norm == "layer_norm":
             hs = tf.shape(h)
             h5 = tf.reshape(h, [hs[0], hs[1], hs[2], t, -1])
@@ -565,17 +588,18 @@ def _forward_conv(spec, x, w, norm_params, batched, features=False):
             h = tf.reshape(h, [t, hs[0], -1])
         else:
             h = tf.reduce_mean(h, [2, 3])
-        return h if features else tf.matmul(h, w["w5"]) + w["b5"][:, None, :]
+        return h if features else _product(tf.matmul, h, w["w5"], spec.precision) + w["b5"][:, None, :]
     if spec.flatten:
         h = tf.reshape(h, [tf.shape(h)[0], -1])
     else:
         h = tf.reduce_mean(h, [1, 2])
-    return h if features else tf.matmul(h, w["w5"]) + w["b5"]
+    return h if features else _product(tf.matmul, h, w["w5"], spec.precision) + w["b5"]
 
 
 def build_network(datasource, dim_input, dim_output, conv=True, num_filters=64,
-                  max_pool=False, norm="batch_norm"):
-    """The network cbfinn/maml's MAML class builds for a data source."""
+                  max_pool=False, norm="batch_norm", precision="float32"):
+    """The network cbfinn/maml's MAML class builds for a data source (``precision``: of the
+    conv nets' products, :func:`_product`)."""
     if datasource == "sinusoid":
         return NetworkSpec("fc", dim_input, dim_output, (40, 40), norm=norm)
     if datasource not in ("omniglot", "miniimagenet"):
@@ -588,7 +612,7 @@ def build_network(datasource, dim_input, dim_output, conv=True, num_filters=64,
     mini = datasource == "miniimagenet"
     return NetworkSpec("conv", dim_input, dim_output, (num_filters,), norm=norm,
                        channels=channels, img_size=img_size, max_pool=max_pool,
-                       flatten=mini, head_init="xavier" if mini else "normal")
+                       flatten=mini, head_init="xavier" if mini else "normal", precision=precision)
 
 
 ParamDict = Dict[str, tf.Tensor]

@@ -83,6 +83,7 @@ class Config:
     xla: Optional[bool] = None  # None: auto (maml_tf.run.autotune)
     step_times: str = ""
     fuse_steps: bool = True  # sinusoid: the steps between two summaries in one compiled call
+    precision: str = "float32"  # 'bfloat16': the conv nets' products in bfloat16 (opt-in)
 
     # ------------------------------------------------------------ derived rules
     @property
@@ -220,6 +221,8 @@ class Config:
                 s += f"n{self.es_samples}s{self.es_sigma}"
         if self.dropgrad:
             s += f".dropgrad{self.dropgrad_type[0]}{self.dropgrad}"
+        if self.precision != "float32":  # another computation: a folder of its own
+            s += ".bf16"
         return s
 
     @property
@@ -268,6 +271,11 @@ class Config:
             raise UsageError(f"--num_filters={self.num_filters} must be at least 1")
         if self.task_mode not in ("auto", "batched", "loop"):
             raise UsageError(f"--task_mode={self.task_mode!r} is unknown: use auto, batched or loop")
+        if self.precision not in ("float32", "bfloat16"):
+            raise UsageError(f"--precision={self.precision!r} is unknown: use float32 or bfloat16")
+        if self.precision == "bfloat16" and not (self.classification and self.conv):
+            raise UsageError("--precision=bfloat16 rounds the conv nets' convolutions and output layer; "
+                             "the fc nets' products are too small to gain from it: drop --precision")
         if self.datasource == "sinusoid":
             given = [f"--{n}" for n in ("conv", "max_pool", "num_filters") if n in self.explicit]
             if self.max_pool and "--max_pool" not in given:

@@ -9,7 +9,8 @@ from maml_tf.run import autotune
 def network_spec(cfg):
     """The network cbfinn/maml builds for these settings."""
     return build_network(cfg.datasource, cfg.dim_input, cfg.dim_output, conv=cfg.conv,
-                         num_filters=cfg.num_filters, max_pool=cfg.max_pool, norm=cfg.norm)
+                         num_filters=cfg.num_filters, max_pool=cfg.max_pool, norm=cfg.norm,
+                         precision=cfg.precision)
 
 
 def input_shapes(cfg, meta_batch_size=None):

@@ -78,7 +78,7 @@ def test_bfloat16_products_are_the_products_of_rounded_operands(max_pool, flatte
 
 def test_bfloat16_meta_gradient_error_is_measured_against_float64():
     """Second order, two inner steps of 0.4: float32 agrees with float64 to ~1e-6; bfloat16
-    products do not (docs/speed.md: tens of percent at the initialisation, from rounding that
+    products do not (docs/speed.md: half of its length at the initialisation, from rounding that
     batch norm over a few examples amplifies), so the test holds what is true: finite, and
     orders of magnitude from float32."""
     rng = np.random.default_rng(0)

@@ -18,11 +18,11 @@ Status of a cell, decided in :func:`status` alone:
 * ``not started`` / ``not runnable here``: no model, with the reason.
 """
 import dataclasses
-import json
 import os
 from typing import Optional
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from maml_tf.run import pretrained
+
 BEGIN, END = "<!-- results-at-a-glance: begin -->", "<!-- results-at-a-glance: end -->"
 
 _NO_IMAGES = "not runnable here: no miniImageNet images"
@@ -80,15 +80,6 @@ class Row:
         return t["mean"], t["ci95"]
 
 
-def reached_and_total(manifest):
-    """(iterations the run reached, iterations its flags ask for); a manifest without
-    ``run_iterations`` is of a run that reached its flags' length, as ``pretrained list``
-    reads it."""
-    flags = manifest.get("flags", {})
-    total = flags.get("pretrain_iterations", 0) + flags.get("metatrain_iterations", 0)
-    return manifest.get("run_iterations", total), total
-
-
 def status(paper, ours, reached, total, why_not=""):
     """The one word (or phrase) a cell's status column shows; see the module docstring."""
     if ours is None:
@@ -101,33 +92,20 @@ def status(paper, ours, reached, total, why_not=""):
     return "reproduced" if abs(om - pm) <= pc + oc else "outside the paper's interval"
 
 
-def read_manifests(folder=None):
-    """{name: manifest} of the published models in ``folder`` (default pretrained/)."""
-    folder = folder or os.path.join(REPO_ROOT, "pretrained")
-    out = {}
-    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
-        path = os.path.join(folder, name, "manifest.json")
-        if os.path.isfile(path):
-            with open(path) as f:
-                out[name] = json.load(f)
-    return out
-
-
 def rows(manifests=None, cells=CELLS):
+    """The resolved cells; ``manifests``: {name: manifest} (default: pretrained/'s)."""
     from maml_tf.paper.experiments import BY_NAME
-    manifests = read_manifests() if manifests is None else manifests
+    if manifests is None:
+        manifests = {n: pretrained.read_manifest(n) for n in pretrained.list_names()}
     out = []
     for cell in cells:
-        e = BY_NAME[cell.experiment]
         m = manifests.get(cell.model) if cell.model else None
         if cell.model and m is None:
             raise ValueError(f"{cell.experiment}: no published model {cell.model!r} in pretrained/")
-        paper = None if not e.paper else e.paper[e.columns[0]]
-        if m is None:
-            out.append(Row(cell, e, None, status(paper, None, 0, 0, cell.why_not)))
-            continue
-        reached, total = reached_and_total(m)
-        out.append(Row(cell, e, m, status(paper, (m["test"]["mean"], m["test"]["ci95"]), reached, total)))
+        row = Row(cell, BY_NAME[cell.experiment], m, "")
+        reached, total = pretrained.run_length(m) if m else (0, 0)
+        row.status = status(row.paper, row.ours, reached, total, cell.why_not)
+        out.append(row)
     return out
 
 
@@ -141,7 +119,7 @@ def _value(mean, ci, metric, digits):
 def _iterations(row):
     if row.manifest is None:
         return "—"
-    reached, total = reached_and_total(row.manifest)
+    reached, total = pretrained.run_length(row.manifest)
     text = f"{reached:,}" if reached >= total else f"{reached:,} of {total:,}"
     if row.manifest["iterations"] != reached:  # model selection took an earlier checkpoint
         text += f" (selected: {row.manifest['checkpoint']})"

@@ -175,12 +175,18 @@ def publish(name, cfg, test_iter=-1, note="", command=None):
     return folder, manifest
 
 
-def _short_of_full_length(manifest):
-    """', SHORT OF FULL LENGTH (...)' where the run stopped before its flags' iterations."""
+def run_length(manifest):
+    """(iterations the run reached, iterations its flags ask for); a manifest without
+    ``run_iterations`` is of a run that reached its flags' length."""
     flags = manifest.get("flags", {})
     total = flags.get("pretrain_iterations", 0) + flags.get("metatrain_iterations", 0)
-    reached = manifest.get("run_iterations")
-    if reached is None or not total or reached >= total:
+    return manifest.get("run_iterations", total), total
+
+
+def _short_of_full_length(manifest):
+    """', SHORT OF FULL LENGTH (...)' where the run stopped before its flags' iterations."""
+    reached, total = run_length(manifest)
+    if not total or reached >= total:
         return ""
     return f", SHORT OF FULL LENGTH (the run stopped at {reached} of {total} iterations)"
 

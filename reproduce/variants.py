@@ -134,24 +134,31 @@ def test_values(values, extra):
     return {**values, "train": False, "test_set": True, **extra.get("_test", {})}
 
 
-def run_row(config, extra, iterations, logroot, data_dir, log):
-    values = flags_for(config, extra, iterations, logroot, data_dir)
-    cfg = config_from_flags(test_values(values, extra))
-    csv_path = os.path.join(cfg.exp_dir, cfg.test_csv_stem + ".csv")
+def train_and_test(train_flags, test_flags, csv_path, log, record=".variant.json"):
+    """Train with main.py, then test, unless ``csv_path`` (the test's CSV) exists already; each
+    command's output is appended to ``log``, the flags and seconds go beside the CSV (``record``).
+    Returns ``csv_path``, or None if a command failed."""
     if os.path.exists(csv_path):
-        return cfg, csv_path
+        return csv_path
     t0 = time.time()
-    for flags in (values, test_values(values, extra)):
+    for flags in (train_flags, test_flags):
         cmd = _cmd(flags)
         print("$ " + " ".join(cmd), flush=True)
         with open(log, "a") as f:
             r = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO)
         if r.returncode != 0:
             print(f"failed (exit {r.returncode}): see {log}", flush=True)
-            return cfg, None
-    with open(csv_path.replace(".csv", ".variant.json"), "w") as f:
-        json.dump({"flags": values, "seconds": time.time() - t0}, f)
-    return cfg, csv_path
+            return None
+    with open(csv_path.replace(".csv", record), "w") as f:
+        json.dump({"flags": train_flags, "seconds": round(time.time() - t0, 1)}, f)
+    return csv_path
+
+
+def run_row(config, extra, iterations, logroot, data_dir, log):
+    values = flags_for(config, extra, iterations, logroot, data_dir)
+    cfg = config_from_flags(test_values(values, extra))
+    csv_path = os.path.join(cfg.exp_dir, cfg.test_csv_stem + ".csv")
+    return cfg, train_and_test(values, test_values(values, extra), csv_path, log)
 
 
 def read(cfg, csv_path, column=None):

@@ -270,3 +270,25 @@ def test_method_variables_are_checkpointed(tmp_path):
     CheckpointManager(str(tmp_path), b).restore(str(tmp_path / "model5"))
     np.testing.assert_array_equal(b.alphas["w1"].numpy(), a.alphas["w1"].numpy())
     np.testing.assert_array_equal(b.weights["w1"].numpy(), a.weights["w1"].numpy())
+
+
+@pytest.mark.parametrize("flags,learned", [
+    (dict(method="metasgd"), "Meta-SGD"),
+    (dict(lslr=True, num_updates=5, datasource="omniglot", meta_batch_size=8), "LSLR (MAML++)"),
+    (dict(), ""),
+])
+def test_test_summary_says_which_column_learned_step_sizes_were_made_for(flags, learned):
+    """Meta-SGD and LSLR learn step sizes for num_updates steps; the test's summary line shows
+    that column beside the paper's and says so, with the values of hand-made per-task rows."""
+    from maml_tf.run.config import config_from_flags
+    from maml_tf.run.train import summary_line
+    cfg = config_from_flags({"datasource": "sinusoid", "norm": "None", "train": False, **flags})
+    rows = np.arange(600 * 11, dtype=float).reshape(600, 11) % 7 / 10  # 600 tasks, update0..10
+    line = summary_line(cfg, rows)
+    k = cfg.num_updates
+    for j in sorted(set(cfg.reported_steps) | ({k} if learned else set())):
+        mean = rows[:, j].mean() * (100 if cfg.classification else 1)
+        assert f"{mean:.{2 if cfg.classification else 3}f}" in line
+        assert f"after {j} step" in line
+    assert (f"{learned} learned its step sizes for {k} inner step" in line) == bool(learned)
+    assert (f"read column update{k}" in line) == bool(learned)

@@ -110,6 +110,14 @@ class Config:
         return (3,) if self.num_classes <= 5 else (5,)
 
     @property
+    def learned_step_sizes(self):
+        """What learned the inner step sizes, for exactly ``num_updates`` steps: 'Meta-SGD' (one
+        per weight entry), 'LSLR (MAML++)' (one per layer and step), or '' (a fixed step)."""
+        if self.method == "metasgd":
+            return "Meta-SGD"
+        return "LSLR (MAML++)" if self.lslr else ""
+
+    @property
     def eval_num_updates(self):
         """The original evaluated max(test_num_updates, num_updates) steps."""
         return max(self.test_num_updates, self.num_updates)
@@ -318,7 +326,7 @@ class Config:
         if self.method not in METHODS:
             raise UsageError(f"--method={self.method!r} is unknown: use one of {', '.join(METHODS)}")
         mg = self.meta_gradient
-        learned_lr = self.method == "metasgd" or self.lslr
+        learned_lr = bool(self.learned_step_sizes)
         if self.method == "reptile":
             extras = [f for f, on in (("--meta_gradient", mg != "nested"), ("--lslr", self.lslr),
                                       ("--msl_iterations", self.msl_iterations), ("--bnwb", self.bnwb),

@@ -382,18 +382,26 @@ def evaluate_tasks(cfg, model, split, num_tasks=None, seed=None, out=None):
 
 def summary_line(cfg, rows):
     """One readable line: the paper's column(s) with 95% intervals (and, for regression,
-    the median, which the few diverging tasks of K=5 sinusoid do not move)."""
+    the median, which the few diverging tasks of K=5 sinusoid do not move).  A method that
+    learned its step sizes for ``num_updates`` steps (Meta-SGD, LSLR) also gets that column,
+    and a second line saying that the later ones go beyond what it learned (they can diverge)."""
     n = len(rows)
     ci = 1.96 * rows.std(0) / np.sqrt(n)
     steps = [j for j in cfg.reported_steps if j < rows.shape[1]]
+    learned = cfg.learned_step_sizes
+    if learned and cfg.num_updates < rows.shape[1]:
+        steps = sorted(set(steps) | {cfg.num_updates})
     where = (f"{'test' if cfg.test_set else 'validation'} set, " if cfg.classification else "") + f"{n} tasks, 95% intervals"
+    note = (f"\n  {learned} learned its step sizes for {cfg.num_updates} inner step{'s' * (cfg.num_updates > 1)}: "
+            f"read column update{cfg.num_updates}; later columns repeat steps it was not trained for"
+            if learned and rows.shape[1] - 1 > cfg.num_updates else "")
     if cfg.classification:
         vals = ", ".join(f"{100 * rows[:, j].mean():.2f}% +- {100 * ci[j]:.2f}% after {j} step{'s' * (j > 1)}"
                          for j in steps)
-        return f"Meta-test accuracy: {vals} ({where}; before adaptation {100 * rows[:, 0].mean():.1f}%)"
+        return f"Meta-test accuracy: {vals} ({where}; before adaptation {100 * rows[:, 0].mean():.1f}%){note}"
     vals = ", ".join(f"{rows[:, j].mean():.3f} +- {ci[j]:.3f} after {j} step{'s' * (j > 1)}" for j in steps)
     med = " / ".join(f"{np.median(rows[:, j]):.3f}" for j in steps)
-    return f"Meta-test MSE: {vals} (median {med}; {where})"
+    return f"Meta-test MSE: {vals} (median {med}; {where}){note}"
 
 
 def load_for_test(cfg, out=None):

@@ -5,7 +5,7 @@
     python reproduce/sine_methods.py --summary          # the table from what exists
 
 ``maml`` and ``metasgd``: the Meta-SGD paper's regression comparison (Li et al. 2017,
-Section 4.1): for K = 5, 10, 20 a model is meta-trained on K-shot tasks and tested on
+its few-shot regression experiment): for K = 5, 10, 20 a model is meta-trained on K-shot tasks and tested on
 K-shot tasks after one adaptation step, MAML with a fixed step of 0.01 and Meta-SGD with a
 learned step per weight entry (here started at 0.01).  The protocol is MAML's sinusoid one
 (``main.py``'s: amplitude in [0.1, 5], phase in [0, pi], x in [-5, 5], meta-batch 25,

@@ -19,12 +19,28 @@ commands, iterations, tested checkpoint, wall times) that
 
 Full-length runs go to LOGROOT/<group> (the README's logs/<group>/), budget
 runs to LOGROOT/budget/<group>.  --iterations N trains N iterations instead
-(a budget run unless N reaches the paper's length).
+(a budget run unless N reaches the paper's length).  --select keeps every saved
+checkpoint for the selection (training gets --max_to_keep to hold them all).
+
+A long run a stretch at a time (a machine lent for minutes, a 2-core machine
+shared by sessions), one command per stretch:
+
+    python reproduce/run.py --experiment NAME --select --resume [DIR] [--stop_after MINUTES]
+
+--resume copies the run's full state saved in DIR (default resume/, as
+DIR/<group>/<run folder>, the layout of resume/README.md) into its log folder
+unless that folder is already as far, trains on, and afterwards saves the newest
+full state back into DIR (with --skip_train: the log folder's, as it is).  The training stops, saving its state as main.py does
+on SIGTERM, after --stop_after minutes or when this script gets SIGTERM or
+SIGINT; a run stopped short of its length is then tested at its newest
+checkpoint (no selection) and recorded as such, and the same command continues it.
 """
 import argparse
 import datetime
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -113,15 +129,104 @@ def markdown_text():
     return "\n".join(out).rstrip() + "\n"
 
 
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
 def _run(cmd, dry_run):
     print("$ " + experiments.shell_join(cmd), flush=True)
     if dry_run:
         return 0, 0.0
-    env = dict(os.environ)
-    env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     t0 = time.time()
-    rc = subprocess.call(cmd, env=env)
+    rc = subprocess.call(cmd, env=_env())
     return rc, time.time() - t0
+
+
+def _train(cmd, dry_run, stop_after=None):
+    """Run the training command; returns (exit code, seconds, stopped).
+
+    SIGTERM or SIGINT to this script, or ``stop_after`` seconds, send SIGTERM to main.py,
+    which finishes its iteration, saves its full state and exits with 128 + the signal:
+    that exit is a clean stop (code 0, stopped True), and the same command resumes."""
+    print("$ " + experiments.shell_join(cmd), flush=True)
+    if dry_run:
+        return 0, 0.0, False
+    t0 = time.time()
+    child = subprocess.Popen(cmd, env=_env())
+    stopped = []
+
+    def stop(signum, _frame):
+        stopped.append(signum)
+        child.send_signal(signal.SIGTERM)
+
+    old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        try:
+            rc = child.wait(timeout=stop_after)
+        except subprocess.TimeoutExpired:
+            print(f"--stop_after: {stop_after / 60:g} minutes are up: stopping the training "
+                  f"(it saves its state)", flush=True)
+            stop(signal.SIGTERM, None)
+            rc = child.wait()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    if stopped and rc in (0, 128 + signal.SIGTERM, 128 + signal.SIGINT):
+        rc = 0
+    return rc, time.time() - t0, bool(stopped)
+
+
+def _model_files(exp_dir, itr):
+    return [f for f in os.listdir(exp_dir) if f == f"model{itr}.index" or f.startswith(f"model{itr}.data-")]
+
+
+def restore_state(saved, exp_dir):
+    """Copy the full state saved in ``saved`` into ``exp_dir``, unless exp_dir already holds a
+    checkpoint as far or further; returns the iteration training resumes after, or None."""
+    have = results.latest_checkpoint_iteration(exp_dir) if os.path.isdir(exp_dir) else None
+    got = results.latest_checkpoint_iteration(saved) if os.path.isdir(saved) else None
+    if got is None:
+        print(f"--resume: no saved state in {saved}: "
+              + ("training starts at iteration 0" if have is None else f"continuing from {exp_dir} (model{have})"),
+              flush=True)
+        return have
+    if have is not None and have >= got:
+        print(f"--resume: {exp_dir} is at model{have}, as far as the saved model{got} or further: "
+              f"continuing from it", flush=True)
+        return have
+    os.makedirs(exp_dir, exist_ok=True)
+    for name in os.listdir(saved):
+        src, dst = os.path.join(saved, name), os.path.join(exp_dir, name)
+        if os.path.isdir(src):
+            shutil.copytree(src, dst, dirs_exist_ok=True)
+        else:
+            shutil.copy2(src, dst)
+    print(f"--resume: restored model{got} from {saved} into {exp_dir}", flush=True)
+    return got
+
+
+def save_state(exp_dir, saved):
+    """Save the newest full state of ``exp_dir`` into ``saved``: that checkpoint's files with a
+    checkpoint index naming it alone (older saved checkpoints removed), every summary events
+    file and val/; returns its iteration (None: nothing to save, ``saved`` untouched)."""
+    itr = results.latest_checkpoint_iteration(exp_dir) if os.path.isdir(exp_dir) else None
+    if itr is None:
+        return None
+    os.makedirs(saved, exist_ok=True)
+    for name in os.listdir(saved):
+        if name.startswith("model") and (".index" in name or ".data-" in name):
+            os.remove(os.path.join(saved, name))
+    for name in _model_files(exp_dir, itr) + [f for f in os.listdir(exp_dir) if f.startswith("events.out.tfevents.")]:
+        shutil.copy2(os.path.join(exp_dir, name), os.path.join(saved, name))
+    if os.path.isdir(os.path.join(exp_dir, "val")):
+        shutil.copytree(os.path.join(exp_dir, "val"), os.path.join(saved, "val"), dirs_exist_ok=True)
+    tmp = os.path.join(saved, "checkpoint.tmp")
+    with open(tmp, "w") as f:
+        f.write(f'model_checkpoint_path: "model{itr}"\nall_model_checkpoint_paths: "model{itr}"\n')
+    os.replace(tmp, os.path.join(saved, "checkpoint"))
+    return itr
 
 
 def run_experiment(e, args, extra):
@@ -138,23 +243,49 @@ def run_experiment(e, args, extra):
     init = dict(e.test_flags).get("init_checkpoint")
     if init and not os.path.isabs(init) and not any(k == "init_checkpoint" for k, _ in overrides):
         overrides.append(("init_checkpoint", os.path.normpath(os.path.join(REPO, init))))
+    if args.select and e.trains and not any(k == "max_to_keep" for k, _ in overrides):
+        length = e.config(test=False, budget=budget, logroot=args.logroot, extra=overrides)
+        overrides.append(("max_to_keep", length.metatrain_iterations // length.save_interval + 1))
     kw = dict(budget=budget, logroot=args.logroot, data_dir=args.data_dir, extra=overrides)
     train_cmd = e.command(python=sys.executable, main=MAIN, **kw) if e.trains else None
     cfg = e.config(test=True, **kw)
+    train_cfg = e.config(test=False, **kw) if e.trains else None
+    saved = None
+    if args.resume and e.trains:
+        saved = os.path.join(args.resume, os.path.relpath(train_cfg.exp_dir, args.logroot))
+        if not args.dry_run and not args.skip_train:
+            restore_state(saved, train_cfg.exp_dir)
     record = {"experiment": e.name, "variant": "budget" if budget and e.trains else "full",
               "date": datetime.datetime.now().isoformat(timespec="seconds"),
               "num_test_tasks": cfg.num_test_tasks}
     print(f"=== {e.name}: {e.title} ({record['variant']}) ===", flush=True)
+    stopped = False
     if train_cmd and not args.skip_train:
-        rc, wall = _run(train_cmd, args.dry_run)
+        stop_after = None if args.stop_after is None else 60 * args.stop_after
+        rc, wall, stopped = _train(train_cmd, args.dry_run, stop_after)
         if rc:
             print(f"error: training {e.name} failed (exit {rc})", file=sys.stderr)
             return rc
         record["train_wall_s"] = round(wall, 1)
+    short = False
+    if train_cmd and not args.dry_run:
+        reached = results.latest_checkpoint_iteration(train_cfg.exp_dir)
+        short = reached is None or reached + 1 < train_cfg.metatrain_iterations
+        if saved and reached is not None:
+            save_state(train_cfg.exp_dir, saved)
+            print(f"--resume: saved model{reached} (the full state) into {saved}", flush=True)
+        if stopped and short:
+            print(f"{e.name}: stopped at iteration {reached + 1 if reached is not None else 0:,} of "
+                  f"{train_cfg.metatrain_iterations:,}; the same command continues it", flush=True)
+            if reached is None:
+                return 0
+        if args.select and short and reached is not None:
+            print(f"{e.name}: short of its {train_cfg.metatrain_iterations:,} iterations: testing the "
+                  f"newest checkpoint, no model selection", flush=True)
     if train_cmd:  # recorded in the portable form (run from the repository root)
         record["train_command"] = experiments.shell_join(e.command(**kw))
     test_extra = []
-    if args.select and e.trains:
+    if args.select and e.trains and not short:
         sel_flags = [a for a in train_cmd[2:]] + [f"--column={e.columns[-1]}"]
         if args.num_test_tasks is not None:
             sel_flags.append(f"--num_tasks={args.num_test_tasks}")
@@ -181,7 +312,7 @@ def run_experiment(e, args, extra):
     if args.dry_run:
         return 0
     test_cfg = e.config(test=True, **{**kw, "extra": overrides + test_extra})
-    csv_path = os.path.join(test_cfg.exp_dir, test_cfg.test_csv_stem + ".csv")
+    csv_path = test_cfg.test_csv_path
     if not os.path.exists(csv_path):
         print(f"error: {csv_path} was not written", file=sys.stderr)
         return 1
@@ -193,7 +324,7 @@ def run_experiment(e, args, extra):
     else:
         latest = results.latest_checkpoint_iteration(test_cfg.exp_dir)
         itr = test_cfg.test_iter if test_cfg.test_iter > 0 else latest
-        record["tested_checkpoint"] = f"model{itr}" + (" (selected)" if args.select else "")
+        record["tested_checkpoint"] = f"model{itr}" + (" (selected)" if args.select and not short else "")
         record["iterations"] = None if latest is None else latest + 1
     results.write_manifest(csv_path, record)
     rows = [r for r in results.collect(os.path.dirname(test_cfg.exp_dir))
@@ -224,6 +355,10 @@ def main(argv=None):
     p.add_argument("--skip_train", action="store_true", help="only test (the run must exist)")
     p.add_argument("--skip_test", action="store_true", help="only train")
     p.add_argument("--dry_run", action="store_true", help="print the commands only")
+    p.add_argument("--resume", nargs="?", const=os.path.join(REPO, "resume"), default=None, metavar="DIR",
+                   help="continue from the full state saved in DIR (default: resume/) and save the newest back")
+    p.add_argument("--stop_after", type=float, default=None, metavar="MINUTES",
+                   help="stop the training after this long (it saves its state; the same command resumes)")
     args = p.parse_args(argv)
     try:
         extra, rest = experiments.parse_flags(extra_args)
@@ -244,6 +379,8 @@ def main(argv=None):
                 print(experiments.shell_join(e.command(budget=args.budget, test=True, logroot=args.logroot,
                                                        data_dir=args.data_dir, extra=extra.items())))
             return 0
+        if args.stop_after is not None and args.stop_after <= 0:
+            raise UsageError(f"--stop_after={args.stop_after:g} must be a positive number of minutes")
         if not args.experiment:
             p.print_usage(sys.stderr)
             print("error: give --list, --show NAME or --experiment NAME", file=sys.stderr)

@@ -56,6 +56,11 @@ ROWS = {
 REPTILE_SHOTS = (10,)  # the demonstration's 10 points
 
 
+def shots_of(row, shots):
+    """The K a row runs at: the asked ones, Reptile's demonstration only its own 10 points."""
+    return REPTILE_SHOTS if row == "reptile" else tuple(shots)
+
+
 def run_flags(row, k, seed, logroot, iterations=None):
     """main.py's flags for one run (``iterations``: another length than the setting's)."""
     values = {**ROWS[row][1](k), "seed": seed,
@@ -67,7 +72,7 @@ def run_flags(row, k, seed, logroot, iterations=None):
 
 def csv_path(values):
     cfg = config_from_flags({**values, "train": False})
-    return os.path.join(cfg.exp_dir, cfg.test_csv_stem + ".csv")
+    return cfg.test_csv_path
 
 
 def run(values, log):
@@ -80,7 +85,7 @@ def cells(rows, shots, seeds, logroot, train, iterations=None):
     out = {}
     log = os.path.join(logroot, "sine_methods.log")
     for row in rows:
-        for k in (REPTILE_SHOTS if row == "reptile" else shots):
+        for k in shots_of(row, shots):
             for seed in seeds:
                 values = run_flags(row, k, seed, logroot, iterations)
                 path = run(values, log) if train else csv_path(values)
@@ -96,7 +101,7 @@ def table(results, rows, shots):
              "|---|---|---|---|---|"]
     for row in rows:
         label, _, col, paper = ROWS[row]
-        for k in (REPTILE_SHOTS if row == "reptile" else shots):
+        for k in shots_of(row, shots):
             got = results.get((row, k), [])
             per = ", ".join(f"seed {s}: {m:.3f} +- {c:.3f}" for s, m, c in got) or "not run"
             mean = f"{np.mean([m for _, m, _ in got]):.3f}" if got else "—"

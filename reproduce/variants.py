@@ -157,7 +157,7 @@ def train_and_test(train_flags, test_flags, csv_path, log, record=".variant.json
 def run_row(config, extra, iterations, logroot, data_dir, log):
     values = flags_for(config, extra, iterations, logroot, data_dir)
     cfg = config_from_flags(test_values(values, extra))
-    csv_path = os.path.join(cfg.exp_dir, cfg.test_csv_stem + ".csv")
+    csv_path = cfg.test_csv_path
     return cfg, train_and_test(values, test_values(values, extra), csv_path, log)
 
 
@@ -181,7 +181,7 @@ def table(name, iterations, logroot, data_dir, run, configs=tuple(BASE)):
             its = iterations[config]
             values = flags_for(config, extra, its, logroot, data_dir)
             cfg = config_from_flags(test_values(values, extra))
-            csv_path = os.path.join(cfg.exp_dir, cfg.test_csv_stem + ".csv")
+            csv_path = cfg.test_csv_path
             if run and config in configs:
                 cfg, csv_path = run_row(config, extra, its, logroot, data_dir, log)
             if csv_path is None:

@@ -37,7 +37,7 @@ def test_figures_from_short_sinusoid_runs(tmp_path):
     assert [c[0] for c in curves[5]] == ["MAML (ours)", "pretrained, step=0.01", "oracle"]
     assert [c[0] for c in curves[10]] == ["MAML (ours)", "pretrained, step=0.02", "oracle"]
     cfg = BY_NAME["sinusoid-maml-k5"].config(budget=True, logroot=root)
-    d = results.read_test_csv(os.path.join(cfg.exp_dir, cfg.test_csv_stem + ".csv"))
+    d = results.read_test_csv(cfg.test_csv_path)
     np.testing.assert_array_equal(curves[5][0][1].means, d.means)
 
 
@@ -64,7 +64,7 @@ def test_figures_report_missing_runs(tmp_path):
     root = tmp_path / "logs"
     shutil.copytree(sinusoid_logroot(), root)
     oracle = BY_NAME["sinusoid-oracle-k5"].config(budget=True, logroot=str(root))
-    os.remove(os.path.join(oracle.exp_dir, oracle.test_csv_stem + ".csv"))
+    os.remove(oracle.test_csv_path)
     lines = []
     figures.make_figures(str(root), str(tmp_path / "figs"), budget=True, rows=1, out=lines.append)
     assert any("sinusoid-oracle-k5" in l and "reproduce/run.py --experiment sinusoid-oracle-k5 --budget" in l

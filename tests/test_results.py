@@ -154,7 +154,7 @@ def test_results_table_from_short_sinusoid_runs(capsys):
     # Every number in the table is the CSV's.
     for name in SINE_NAMES:
         cfg = BY_NAME[name].config(budget=True, logroot=root)
-        d = results.read_test_csv(os.path.join(cfg.exp_dir, cfg.test_csv_stem + ".csv"))
+        d = results.read_test_csv(cfg.test_csv_path)
         line = next(l for l in text.splitlines() if l.startswith(f"| {BY_NAME[name].title} |"))
         for col in (0, 1, 5, 10):
             assert f"{d.means[col]:.3f} ± {d.ci95[col]:.3f}" in line
@@ -179,7 +179,7 @@ def _fake_run(root, name, iterations, budget, values, record=None):
     os.makedirs(cfg.exp_dir, exist_ok=True)
     if iterations:
         open(os.path.join(cfg.exp_dir, f"model{iterations - 1}.index"), "w").close()
-    path = os.path.join(cfg.exp_dir, cfg.test_csv_stem + ".csv")
+    path = cfg.test_csv_path
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow([f"update{i}" for i in range(len(values))])
@@ -275,7 +275,7 @@ def test_run_py_trains_selects_tests_and_records(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     cfg = BY_NAME["sinusoid-maml-k5"].config(budget=True, logroot=str(logroot),
                                              extra=[("metatrain_iterations", 200)])
-    csv_path = os.path.join(cfg.exp_dir, cfg.test_csv_stem + ".csv")
+    csv_path = cfg.test_csv_path
     with open(results.manifest_path(csv_path)) as f:
         rec = json.load(f)
     with open(os.path.join(cfg.exp_dir, "model_selection.json")) as f:
@@ -286,3 +286,83 @@ def test_run_py_trains_selects_tests_and_records(tmp_path):
     assert f"--test_iter={best}" in rec["test_command"]
     assert rec["train_command"].startswith("python main.py --datasource=sinusoid --metatrain_iterations=200")
     assert "| Sinusoid, MAML, K=5 |" in r.stdout and "**budget** (200 of 70,000 itr)" in r.stdout
+
+
+def test_run_py_train_stops_cleanly_on_time_or_signal():
+    """_train: --stop_after sends main.py's stop signal, and the child's 128 + SIGTERM exit
+    is a clean stop; a child that ends by itself is not 'stopped'."""
+    import signal as sig
+    run_py = _load_run_py()
+    child = [sys.executable, "-c",
+             "import signal, sys, time\n"
+             "signal.signal(signal.SIGTERM, lambda *a: sys.exit(128 + signal.SIGTERM))\n"
+             "time.sleep(60)"]
+    rc, wall, stopped = run_py._train(child, False, stop_after=1.0)
+    assert (rc, stopped) == (0, True) and 1.0 <= wall < 30
+    rc, _, stopped = run_py._train([sys.executable, "-c", "pass"], False, stop_after=30)
+    assert (rc, stopped) == (0, False)
+    rc, _, stopped = run_py._train([sys.executable, "-c", "import sys; sys.exit(3)"], False)
+    assert (rc, stopped) == (3, False)  # a failure stays a failure
+    assert sig.getsignal(sig.SIGTERM) is sig.SIG_DFL  # the handlers are put back
+
+
+def test_run_py_resume_saves_the_state_and_the_same_command_continues(tmp_path):
+    """A stretch stopped by SIGTERM saves its newest full state into the resume folder and is
+    tested short of its length; the same command, with the log folder gone, restores that
+    state, trains to the end, selects and tests."""
+    import signal as sig
+    import time
+    logroot, saved_root = tmp_path / "logs", tmp_path / "saved"
+    args = ["--experiment", "sinusoid-maml-k5", "--iterations", "20000", "--num_test_tasks", "30",
+            "--select", "--resume", str(saved_root), "--logroot", str(logroot), "--", "--save_interval=1000"]
+    cfg = BY_NAME["sinusoid-maml-k5"].config(budget=True, logroot=str(logroot), test=False,
+                                             extra=[("metatrain_iterations", 20000), ("save_interval", 1000)])
+    test_csv = BY_NAME["sinusoid-maml-k5"].config(budget=True, logroot=str(logroot), test=True,
+                                                  extra=[("metatrain_iterations", 20000)]).test_csv_path
+    saved = saved_root / os.path.relpath(cfg.exp_dir, str(logroot))
+    p = subprocess.Popen([sys.executable, str(REPO / "reproduce" / "run.py"), *args], cwd=str(tmp_path),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while results.latest_checkpoint_iteration(cfg.exp_dir) is None and p.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    p.send_signal(sig.SIGTERM)
+    out, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err[-3000:]
+    stopped_at = results.latest_checkpoint_iteration(cfg.exp_dir)
+    assert stopped_at + 1 < 20000, "the run finished before the signal: nothing was tested"
+    assert f"stopped at iteration {stopped_at + 1:,} of 20,000" in out
+    assert "no model selection" in out and "model_selection.json" not in os.listdir(cfg.exp_dir)
+    with open(results.manifest_path(test_csv)) as f:
+        rec = json.load(f)
+    assert rec["tested_checkpoint"] == f"model{stopped_at}" and rec["iterations"] == stopped_at + 1
+    # the saved state: that checkpoint alone, named by its index, and the summaries
+    assert results.latest_checkpoint_iteration(str(saved)) == stopped_at
+    assert sorted(f for f in os.listdir(saved) if f.startswith("model")) == sorted(
+        f for f in os.listdir(cfg.exp_dir) if f.startswith(f"model{stopped_at}."))
+    assert any(f.startswith("events.out.tfevents.") for f in os.listdir(saved))
+    shutil.rmtree(logroot)  # another machine: only the saved state travels
+    r = _run_py(*args, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"restored model{stopped_at}" in r.stdout and f"resuming at iteration {stopped_at + 1}" in r.stdout
+    with open(os.path.join(cfg.exp_dir, "model_selection.json")) as f:
+        best = json.load(f)["best_iteration"]
+    with open(results.manifest_path(test_csv)) as f:
+        rec = json.load(f)
+    assert rec["iterations"] == 20000 and rec["tested_checkpoint"] == f"model{best} (selected)"
+    assert results.latest_checkpoint_iteration(str(saved)) == 19999
+    assert len([f for f in os.listdir(saved) if f.endswith(".index")]) == 1
+
+
+def test_run_py_resume_keeps_a_log_folder_that_is_further(tmp_path):
+    run_py = _load_run_py()
+    saved, exp_dir = tmp_path / "saved", tmp_path / "run"
+    for d, itr in ((saved, 5), (exp_dir, 9)):
+        d.mkdir()
+        (d / f"model{itr}.index").write_text("x")
+        (d / "checkpoint").write_text(f'model_checkpoint_path: "model{itr}"\n')
+    assert run_py.restore_state(str(saved), str(exp_dir)) == 9
+    assert not (exp_dir / "model5.index").exists()
+    assert run_py.save_state(str(exp_dir), str(saved)) == 9
+    assert sorted(os.listdir(saved)) == ["checkpoint", "model9.index"]
+    assert run_py.save_state(str(tmp_path / "nothing"), str(saved)) is None
+    assert run_py.main(["--experiment", "sinusoid-maml-k5", "--stop_after", "0"]) == 2

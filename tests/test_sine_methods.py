@@ -15,7 +15,7 @@ import sine_methods  # noqa: E402
 from maml_tf.run.config import config_from_flags  # noqa: E402
 
 RUNS = [(row, k) for row in sine_methods.ROWS
-        for k in (sine_methods.REPTILE_SHOTS if row == "reptile" else (5, 10, 20))]
+        for k in sine_methods.shots_of(row, (5, 10, 20))]
 
 
 @pytest.mark.parametrize("row,k", RUNS)

@@ -270,7 +270,7 @@ def figure3_curves(logroot, budget=False, original=None):
         for kind, label, colour, style in FIG3_CURVES:
             name = f"sinusoid-{kind}-k{k}"
             e, cfg = _run_config(name, logroot, budget)
-            path = os.path.join(cfg.exp_dir, cfg.test_csv_stem + ".csv")
+            path = cfg.test_csv_path
             try:
                 data = read_test_csv(path)
             except ResultsError:

@@ -213,7 +213,9 @@ def _mse(mean, ci):
 def _length(row):
     full = row.experiment.full_iterations if row.experiment else None
     its = f"{row.iterations:,}" if row.iterations is not None else "?"
-    if row.variant == "full":
+    if row.variant == "full" and full and row.iterations is not None and row.iterations < full:
+        text = f"**short of full length** ({its} of {full:,} itr)"  # a long run stopped part way
+    elif row.variant == "full":
         text = f"full ({its} itr)"
     elif row.variant == "budget":
         text = f"**budget** ({its}" + (f" of {full:,}" if full else "") + " itr)"

@@ -247,6 +247,11 @@ class Config:
             stem += "_nontransductive"
         return stem
 
+    @property
+    def test_csv_path(self):
+        """Where the test writes its CSV: exp_dir/test_csv_stem.csv (the .pkl sits beside it)."""
+        return os.path.join(self.exp_dir, self.test_csv_stem + ".csv")
+
     # ------------------------------------------------------------ checks
     def validate(self):
         """Raise UsageError (one line: the flag, the problem, the fix) on bad settings."""

@@ -141,7 +141,7 @@ def publish(name, cfg, test_iter=-1, note="", command=None):
         raise UsageError(f"no checkpoint in {cfg.exp_dir}: give the training run's --logdir and flags")
     manager.restore(path, weights_only=True)
     test_cfg = dataclasses.replace(cfg, train=False)
-    csv_path = os.path.join(cfg.exp_dir, test_cfg.test_csv_stem + ".csv")
+    csv_path = test_cfg.test_csv_path
     if not os.path.isfile(csv_path):
         raise UsageError(f"no test result at {csv_path}: run the same flags with --train=False "
                          f"--test_set=True first")

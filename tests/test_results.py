@@ -209,6 +209,9 @@ def test_results_table_classification_full_budget_and_released(tmp_path):
     assert "**budget** (2,000 of 60,000 itr)" in lines[1]
     assert lines[2].startswith("| Omniglot 5-way 1-shot, MAML no conv | 3 steps | 97.00 ± 0.40 | 89.7 ± 1.1 |")
     assert "| 10 steps | 99.00 ± 0.40 | 48.70 ± 1.84 | full (59,001 itr) | model59000 (--init_checkpoint) |" in lines[3]
+    # a full-length command stopped part way (reproduce/run.py --resume) is not called full
+    stopped = results.ResultRow(rows[0].csv, rows[0].experiment, "full", 22868, "model22867", None)
+    assert "**short of full length** (22,868 of 60,000 itr)" in results.markdown([stopped], str(tmp_path))
 
 
 # ----------------------------------------------------------------------------- model selection

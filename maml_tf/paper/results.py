@@ -213,7 +213,8 @@ def _mse(mean, ci):
 def _length(row):
     full = row.experiment.full_iterations if row.experiment else None
     its = f"{row.iterations:,}" if row.iterations is not None else "?"
-    if row.variant == "full" and full and row.iterations is not None and row.iterations < full:
+    trains = bool(row.experiment and row.experiment.trains)
+    if row.variant == "full" and trains and row.iterations is not None and row.iterations < full:
         text = f"**short of full length** ({its} of {full:,} itr)"  # a long run stopped part way
     elif row.variant == "full":
         text = f"full ({its} itr)"

@@ -29,11 +29,14 @@ shared by sessions), one command per stretch:
 
 --resume copies the run's full state saved in DIR (default resume/, as
 DIR/<group>/<run folder>, the layout of resume/README.md) into its log folder
-unless that folder is already as far, trains on, and afterwards saves the newest
-full state back into DIR (with --skip_train: the log folder's, as it is).  The training stops, saving its state as main.py does
-on SIGTERM, after --stop_after minutes or when this script gets SIGTERM or
-SIGINT; a run stopped short of its length is then tested at its newest
-checkpoint (no selection) and recorded as such, and the same command continues it.
+unless that folder is already as far, trains on, and afterwards saves the
+newest full state back into DIR (with --skip_train: the log folder's, as it is).
+The training stops, saving its state as main.py does on SIGTERM, after
+--stop_after minutes or when this script gets SIGTERM or SIGINT; a run stopped
+short of its length is then tested at its newest checkpoint (no selection) and
+recorded as such, and the same command continues it.  Several --experiment run
+one after the other (a queue for one core: a row's first-order twin after it);
+a stop holds for the whole command.
 """
 import argparse
 import datetime
@@ -135,21 +138,16 @@ def _env():
     return env
 
 
-def _run(cmd, dry_run):
-    print("$ " + experiments.shell_join(cmd), flush=True)
-    if dry_run:
-        return 0, 0.0
-    t0 = time.time()
-    rc = subprocess.call(cmd, env=_env())
-    return rc, time.time() - t0
+STOPPED = []  # the stop signals this script received: no further experiment starts
 
 
-def _train(cmd, dry_run, stop_after=None):
-    """Run the training command; returns (exit code, seconds, stopped).
+def _run(cmd, dry_run, stop_after=None):
+    """Run one step's command; returns (exit code, seconds, stopped).
 
-    SIGTERM or SIGINT to this script, or ``stop_after`` seconds, send SIGTERM to main.py,
-    which finishes its iteration, saves its full state and exits with 128 + the signal:
-    that exit is a clean stop (code 0, stopped True), and the same command resumes."""
+    SIGTERM or SIGINT to this script, or ``stop_after`` seconds, pass SIGTERM on to the
+    command (training: main.py finishes its iteration, saves its full state and exits with
+    128 + the signal; that exit is a clean stop, code 0) and keep later experiments from
+    starting."""
     print("$ " + experiments.shell_join(cmd), flush=True)
     if dry_run:
         return 0, 0.0, False
@@ -159,6 +157,7 @@ def _train(cmd, dry_run, stop_after=None):
 
     def stop(signum, _frame):
         stopped.append(signum)
+        STOPPED.append(signum)
         child.send_signal(signal.SIGTERM)
 
     old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -166,14 +165,14 @@ def _train(cmd, dry_run, stop_after=None):
         try:
             rc = child.wait(timeout=stop_after)
         except subprocess.TimeoutExpired:
-            print(f"--stop_after: {stop_after / 60:g} minutes are up: stopping the training "
-                  f"(it saves its state)", flush=True)
+            print(f"--stop_after: {stop_after / 60:g} minutes are up: stopping "
+                  f"(training saves its state)", flush=True)
             stop(signal.SIGTERM, None)
             rc = child.wait()
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-    if stopped and rc in (0, 128 + signal.SIGTERM, 128 + signal.SIGINT):
+    if stopped and rc in (0, 128 + signal.SIGTERM, 128 + signal.SIGINT, -signal.SIGTERM):
         rc = 0
     return rc, time.time() - t0, bool(stopped)
 
@@ -262,7 +261,7 @@ def run_experiment(e, args, extra):
     stopped = False
     if train_cmd and not args.skip_train:
         stop_after = None if args.stop_after is None else 60 * args.stop_after
-        rc, wall, stopped = _train(train_cmd, args.dry_run, stop_after)
+        rc, wall, stopped = _run(train_cmd, args.dry_run, stop_after)
         if rc:
             print(f"error: training {e.name} failed (exit {rc})", file=sys.stderr)
             return rc
@@ -289,7 +288,11 @@ def run_experiment(e, args, extra):
         sel_flags = [a for a in train_cmd[2:]] + [f"--column={e.columns[-1]}"]
         if args.num_test_tasks is not None:
             sel_flags.append(f"--num_tasks={args.num_test_tasks}")
-        rc, wall = _run([sys.executable, "-m", "maml_tf.paper.select_checkpoint"] + sel_flags, args.dry_run)
+        rc, wall, stopped = _run([sys.executable, "-m", "maml_tf.paper.select_checkpoint"] + sel_flags,
+                                 args.dry_run)
+        if stopped:
+            print(f"{e.name}: stopped during model selection; the same command selects again", flush=True)
+            return 0
         if rc:
             print(f"error: model selection for {e.name} failed (exit {rc})", file=sys.stderr)
             return rc
@@ -302,7 +305,10 @@ def run_experiment(e, args, extra):
     test_cmd = e.command(python=sys.executable, main=MAIN, test=True,
                          **{**kw, "extra": overrides + test_extra})
     if not args.skip_test:
-        rc, wall = _run(test_cmd, args.dry_run)
+        rc, wall, stopped = _run(test_cmd, args.dry_run)
+        if stopped:
+            print(f"{e.name}: stopped during the test; the same command tests again", flush=True)
+            return 0
         if rc:
             print(f"error: testing {e.name} failed (exit {rc})", file=sys.stderr)
             return rc
@@ -389,6 +395,8 @@ def main(argv=None):
             rc = run_experiment(e, args, extra.items())
             if rc:
                 return rc
+            if STOPPED:
+                break  # a stop holds for the whole command
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -292,7 +292,7 @@ def test_run_py_trains_selects_tests_and_records(tmp_path):
 
 
 def test_run_py_train_stops_cleanly_on_time_or_signal():
-    """_train: --stop_after sends main.py's stop signal, and the child's 128 + SIGTERM exit
+    """_run: --stop_after sends main.py's stop signal, and the child's 128 + SIGTERM exit
     is a clean stop; a child that ends by itself is not 'stopped'."""
     import signal as sig
     run_py = _load_run_py()
@@ -300,11 +300,11 @@ def test_run_py_train_stops_cleanly_on_time_or_signal():
              "import signal, sys, time\n"
              "signal.signal(signal.SIGTERM, lambda *a: sys.exit(128 + signal.SIGTERM))\n"
              "time.sleep(60)"]
-    rc, wall, stopped = run_py._train(child, False, stop_after=1.0)
+    rc, wall, stopped = run_py._run(child, False, stop_after=1.0)
     assert (rc, stopped) == (0, True) and 1.0 <= wall < 30
-    rc, _, stopped = run_py._train([sys.executable, "-c", "pass"], False, stop_after=30)
+    rc, _, stopped = run_py._run([sys.executable, "-c", "pass"], False, stop_after=30)
     assert (rc, stopped) == (0, False)
-    rc, _, stopped = run_py._train([sys.executable, "-c", "import sys; sys.exit(3)"], False)
+    rc, _, stopped = run_py._run([sys.executable, "-c", "import sys; sys.exit(3)"], False)
     assert (rc, stopped) == (3, False)  # a failure stays a failure
     assert sig.getsignal(sig.SIGTERM) is sig.SIG_DFL  # the handlers are put back
 
@@ -323,7 +323,9 @@ def test_run_py_resume_saves_the_state_and_the_same_command_continues(tmp_path):
     test_csv = BY_NAME["sinusoid-maml-k5"].config(budget=True, logroot=str(logroot), test=True,
                                                   extra=[("metatrain_iterations", 20000)]).test_csv_path
     saved = saved_root / os.path.relpath(cfg.exp_dir, str(logroot))
-    p = subprocess.Popen([sys.executable, str(REPO / "reproduce" / "run.py"), *args], cwd=str(tmp_path),
+    queued = ["--experiment", "sinusoid-maml-k10"]  # a stop holds for the whole command
+    p = subprocess.Popen([sys.executable, str(REPO / "reproduce" / "run.py"), *args[:2], *queued, *args[2:]],
+                         cwd=str(tmp_path),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while results.latest_checkpoint_iteration(cfg.exp_dir) is None and p.poll() is None and time.time() < deadline:
@@ -335,6 +337,7 @@ def test_run_py_resume_saves_the_state_and_the_same_command_continues(tmp_path):
     assert stopped_at + 1 < 20000, "the run finished before the signal: nothing was tested"
     assert f"stopped at iteration {stopped_at + 1:,} of 20,000" in out
     assert "no model selection" in out and "model_selection.json" not in os.listdir(cfg.exp_dir)
+    assert "=== sinusoid-maml-k10" not in out
     with open(results.manifest_path(test_csv)) as f:
         rec = json.load(f)
     assert rec["tested_checkpoint"] == f"model{stopped_at}" and rec["iterations"] == stopped_at + 1

@@ -13,7 +13,8 @@ times of ops that ran in parallel on the two cores add up, so the kernel total
 can exceed the wall time.  XLA-compiled steps show up as one XlaLaunch op (use
 ``--xla off`` to see the ops).  ``--evaluate STEPS`` profiles ``MAML.evaluate`` over STEPS
 inner steps instead (what main.py's summaries run every 100 iterations, STEPS = 10 for
-Omniglot) on the same meta-batches.
+Omniglot) on the same meta-batches.  The last line sums the convolutions (forward and both
+gradients) apart from the rest, as ``bench/anchor_profile.py`` does for the torch.func anchor.
 """
 import argparse
 import collections
@@ -97,6 +98,9 @@ def main():
     print(f"{'ms/call':>9} {'share':>6} {'count':>6}  op")
     for key, ms in total.most_common(args.top):
         print(f"{ms:9.2f} {100 * ms / kernel:5.1f}% {count[key]:6.0f}  {key}")
+    conv = sum(ms for key, ms in total.items() if "Conv2D" in key)  # forward and both gradients
+    print(f"convolutions (forward and both gradients): {conv:.1f} ms/call ({100 * conv / kernel:.0f}%); "
+          f"the rest {kernel - conv:.1f} ms (bench/anchor_profile.py: the same for the torch.func anchor)")
 
 
 if __name__ == "__main__":

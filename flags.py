@@ -56,6 +56,8 @@ flags.DEFINE_enum("meta_gradient", "nested", ["nested", "checkpointed", "truncat
 flags.DEFINE_integer("truncate_steps", -1, "--meta_gradient=truncated: back-propagate through the last this many inner steps (0: first order; --num_updates: exact).")
 flags.DEFINE_float("imaml_lambda", 1.0, "--meta_gradient=implicit: strength of the proximal term lambda/2 ||phi - theta||^2.")
 flags.DEFINE_integer("cg_steps", 5, "--meta_gradient=implicit: conjugate-gradient iterations of the implicit meta-gradient.")
+flags.DEFINE_float("cg_damping", 0.0, "--meta_gradient=implicit: d of the damped system ((1 + d) I + H/(lambda + lam_damping)) v = g that conjugate gradient solves, as the iMAML reference code (its regu_coef, 1.0 in its examples); 0: undamped.")
+flags.DEFINE_float("lam_damping", 0.0, "--meta_gradient=implicit: lambda_d of the damped system (the iMAML reference code's lam_damping, 10.0 for its mean loss: N times that here); 0: undamped.")
 flags.DEFINE_integer("es_samples", 16, "--meta_gradient=es: antithetic pairs of Gaussian perturbations per meta-gradient.")
 flags.DEFINE_float("es_sigma", 0.01, "--meta_gradient=es: standard deviation of the perturbations.")
 flags.DEFINE_float("dropgrad", 0.0, "DropGrad: drop each inner-gradient entry with this probability during meta-training (expectation kept); 0: off.")

@@ -72,6 +72,12 @@ def test_derived_rules():
     oracle = Config(baseline="oracle", pretrain_iterations=0, metatrain_iterations=100).resolved()
     assert (oracle.pretrain_iterations, oracle.metatrain_iterations, oracle.dim_input) == (100, 0, 3)
     assert Config(num_query=7, datasource="omniglot").query_per_class == 7
+    # iMAML's damped system is another computation: a folder of its own; undamped keeps the old name.
+    imaml = Config(meta_gradient="implicit", imaml_lambda=10.0, cg_steps=5)
+    damped = Config(meta_gradient="implicit", imaml_lambda=10.0, cg_steps=5, cg_damping=1.0, lam_damping=50.0)
+    assert imaml.exp_string.endswith(".mgimplicitlam10.0cg5")
+    assert damped.exp_string.endswith(".mgimplicitlam10.0cg5damp1.0_50.0")
+    assert damped.engine_options == dict(imaml_lambda=10.0, cg_steps=5, cg_damping=1.0, lam_damping=50.0)
     # The pretrained baseline gets its own folder (the original shared the MAML run's).
     base = Config(pretrain_iterations=10, metatrain_iterations=0)
     assert base.exp_string != Config(metatrain_iterations=10).exp_string
@@ -85,6 +91,8 @@ def test_derived_rules():
     (dict(num_updates=0), "--num_updates"),
     (dict(datasource="omniglot", num_classes=1), "--num_classes"),
     (dict(metatrain_iterations=0), "--metatrain_iterations"),
+    (dict(meta_gradient="implicit", cg_damping=-1.0), "--cg_damping"),
+    (dict(cg_damping=1.0), "--meta_gradient=implicit"),
 ])
 def test_bad_settings_name_the_flag(kwargs, flag):
     with pytest.raises(UsageError, match=re.escape(flag)):

@@ -191,14 +191,22 @@ def test_implicit_equals_closed_form_for_least_squares():
     _, fo = meta_gradient(fwd, {"w": theta}, (xa, ya), (xb, yb), losses.mse, 0.05, 400,
                           first_order=True, engine="implicit", imaml_lambda=lam)
     np.testing.assert_allclose(fo["w"].numpy(), gb, rtol=1e-8, atol=1e-10)
+    # Damped as the iMAML reference code: ((1 + d) I + H/(lambda + lambda_d)) v = grad L_b(phi*).
+    cg_d, lam_d = 1.0, 10.0
+    damped = np.linalg.solve((1 + cg_d) * np.eye(d) + h / (lam + lam_d), gb)
+    _, g_d = meta_gradient(fwd, {"w": theta}, (xa, ya), (xb, yb), losses.mse, 0.05, 400,
+                           engine="implicit", imaml_lambda=lam, cg_steps=d, cg_damping=cg_d, lam_damping=lam_d)
+    np.testing.assert_allclose(g_d["w"].numpy(), damped, rtol=1e-8, atol=1e-10)
+    assert np.abs(damped - expected).max() > 1e-3 * np.abs(expected).max()  # another system
 
 
 
-def test_batched_implicit_equals_per_task():
+@pytest.mark.parametrize("damping", [dict(), dict(cg_damping=1.0, lam_damping=10.0)])
+def test_batched_implicit_equals_per_task(damping):
     """The training step's implicit meta-gradient (all tasks of a meta-batch in one
     batched inner loop, CG with per-task step sizes) is the mean of each task's own
-    (maml_tf.meta_gradient, one task at a time)."""
-    m = batched_model("conv_bn", "implicit", imaml_lambda=2.0, cg_steps=3)
+    (maml_tf.meta_gradient, one task at a time), undamped and damped."""
+    m = batched_model("conv_bn", "implicit", imaml_lambda=2.0, cg_steps=3, **damping)
     data = batched_data(m)
     _, grads = m.meta_gradients(*[tf.constant(x) for x in data])
     w = {k: v.numpy() for k, v in m.weights.items()}
@@ -206,7 +214,8 @@ def test_batched_implicit_equals_per_task():
     fwd = lambda x, ww: m.spec.forward(x, ww, nparams)  # noqa: E731
     t = data[0].shape[0]
     per_task = [meta_gradient(fwd, w, (data[0][i], data[1][i]), (data[2][i], data[3][i]), losses.make_xent(2),
-                              0.1, 3, engine="implicit", imaml_lambda=2.0, cg_steps=3)[1] for i in range(t)]
+                              0.1, 3, engine="implicit", imaml_lambda=2.0, cg_steps=3, **damping)[1]
+                for i in range(t)]
     mean = [sum(g[k] for g in per_task) / t for k in m.weights]
     grads_close(grads[:len(mean)], mean, 1e-10)
 

@@ -33,7 +33,12 @@ The engines compute this product, or an approximation of it, in different ways:
                   gives dphi*/dtheta = (I + H/lambda)^-1, so the meta-gradient is the
                   solution v of (I + H(phi*)/lambda) v = grad L_b(phi*), found by conjugate
                   gradient (``cg_steps`` iterations, Hessian-vector products only).  Memory
-                  does not depend on n.
+                  does not depend on n.  Damped, as the iMAML reference code
+                  (aravindr93/imaml_dev, ``matrix_evaluator``: ``regu_coef``, ``lam_damping``)
+                  solves it: ((1 + d) I + H/(lambda + lambda_d)) v = grad L_b(phi*)
+                  (``cg_damping`` = d, ``lam_damping`` = lambda_d; 0 and 0: undamped), which
+                  keeps the system positive definite where phi* is not converged and H is
+                  indefinite.
 ``es``            ES-MAML (Song et al., ICLR 2020), Hessian-free and zero-order: with
                   f(theta) = L_b(theta_n(theta)) (the inner loop takes ordinary gradients)
                   and antithetic Gaussian perturbations eps_i ~ N(0, I),
@@ -52,7 +57,7 @@ Meta-parameters that the inner loop does not adapt (the normalisation offsets, a
 the original) get their meta-gradient from every step too: each engine returns it
 (``checkpointed`` adds -alpha d/dextra <D_k grad L_a, v> at every step of its walk,
 ``implicit`` the implicit-function term -M^T (I + H/lambda)^-1 g_n / lambda with
-M = d^2 L_a / dphi dextra).
+M = d^2 L_a / dphi dextra; damped, -M^T v / (lambda + lambda_d) with v the damped solution).
 
 One :class:`Problem` describes the inner problem for every engine: for one task
 (:func:`maml_tf.core.meta.meta_gradient`) or for a meta-batch whose tasks run together
@@ -77,6 +82,8 @@ class Options:
     truncate_steps: Optional[int] = None
     imaml_lambda: float = 1.0
     cg_steps: int = 5
+    cg_damping: float = 0.0
+    lam_damping: float = 0.0
     es_samples: int = 16
     es_sigma: float = 0.01
     dropgrad: float = 0.0
@@ -100,6 +107,8 @@ class Options:
             raise ValueError(f"imaml_lambda={self.imaml_lambda} must be positive")
         if engine == "implicit" and self.cg_steps < 1:
             raise ValueError(f"cg_steps={self.cg_steps} must be at least 1")
+        if self.cg_damping < 0 or self.lam_damping < 0:
+            raise ValueError("cg_damping and lam_damping must be at least 0")
         if engine == "es" and (self.es_samples < 1 or self.es_sigma <= 0):
             raise ValueError("es_samples must be at least 1 and es_sigma positive")
 
@@ -375,9 +384,12 @@ def _bcast(s, like):
 
 
 def implicit(problem, opts):
-    """iMAML: n proximal gradient steps, then (I + H/lambda) v = g_n by conjugate gradient."""
+    """iMAML: n proximal gradient steps, then ((1 + d) I + H/(lambda + lambda_d)) v = g_n by
+    conjugate gradient (d = ``cg_damping``, lambda_d = ``lam_damping``; undamped: both 0)."""
     extra = list(problem.extra)
     lam = opts.imaml_lambda
+    scale = lam + opts.lam_damping  # the Hessian's divisor in the (damped) system
+    diag = 1.0 + opts.cg_damping
     if problem.fixed_lr is None:
         raise ValueError("the implicit meta-gradient needs one fixed inner step size (the "
                          "proximal inner problem's solution does not depend on learned ones)")
@@ -389,10 +401,11 @@ def implicit(problem, opts):
     else:
         def apply_a(p):
             h, _ = hvp(problem, fast, extra, p, problem.num_updates)
-            return {key: p[key] + h[key] / lam for key in p}
+            return {key: diag * p[key] + h[key] / scale for key in p}
         v = conjugate_gradient(apply_a, g, opts.cg_steps, problem.task_dot)
         # extra: dL_b/dextra = dL_b/dextra|direct - M^T (H + lambda I)^-1 g_n, (H + lambda I)^-1 g_n = v / lambda
-        _, h_extra = hvp(problem, fast, extra, {key: v[key] / lam for key in v}, problem.num_updates)
+        # (damped: v / (lambda + lambda_d), the same solve's estimate of it)
+        _, h_extra = hvp(problem, fast, extra, {key: v[key] / scale for key in v}, problem.num_updates)
         g_extra = [ge - he for ge, he in zip(g_extra, h_extra)]
     return Result(loss, _pull_back(problem, v), g_extra, fast)
 

@@ -112,7 +112,7 @@ _NOT_STEP = {"logdir", "log", "resume", "train", "test_iter", "test_set", "seed"
              "max_to_keep", "num_test_tasks", "test_seed", "task_pool", "metatrain_iterations",
              "pretrain_iterations", "explicit", "step_times", "init_checkpoint", "pretrained", "fuse_steps",
              "meta_lr", "update_lr", "train_update_lr", "min_meta_lr", "msl_iterations", "da_iterations",
-             "cosine_annealing", "imaml_lambda", "es_sigma", "baseline"}
+             "cosine_annealing", "imaml_lambda", "cg_damping", "lam_damping", "es_sigma", "baseline"}
 
 
 def _config_fields(cfg):

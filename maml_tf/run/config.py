@@ -70,6 +70,8 @@ class Config:
     truncate_steps: int = -1
     imaml_lambda: float = 1.0
     cg_steps: int = 5
+    cg_damping: float = 0.0
+    lam_damping: float = 0.0
     es_samples: int = 16
     es_sigma: float = 0.01
     dropgrad: float = 0.0
@@ -208,7 +210,8 @@ class Config:
         if self.truncate_steps >= 0:
             out["truncate_steps"] = self.truncate_steps
         if self.meta_gradient == "implicit":
-            out.update(imaml_lambda=self.imaml_lambda, cg_steps=self.cg_steps)
+            out.update(imaml_lambda=self.imaml_lambda, cg_steps=self.cg_steps,
+                       cg_damping=self.cg_damping, lam_damping=self.lam_damping)
         if self.meta_gradient == "es":
             out.update(es_samples=self.es_samples, es_sigma=self.es_sigma)
         if self.dropgrad:
@@ -225,6 +228,8 @@ class Config:
                 s += str(self.truncate_steps)
             elif self.meta_gradient == "implicit":
                 s += f"lam{self.imaml_lambda}cg{self.cg_steps}"
+                if self.cg_damping or self.lam_damping:  # another system: a folder of its own
+                    s += f"damp{self.cg_damping}_{self.lam_damping}"
             elif self.meta_gradient == "es":
                 s += f"n{self.es_samples}s{self.es_sigma}"
         if self.dropgrad:
@@ -311,6 +316,12 @@ class Config:
             raise UsageError(f"--dropgrad_type={self.dropgrad_type!r}: use bernoulli or gaussian")
         if self.meta_gradient == "implicit" and (self.imaml_lambda <= 0 or self.cg_steps < 1):
             raise UsageError("--imaml_lambda must be positive and --cg_steps at least 1")
+        if self.cg_damping < 0 or self.lam_damping < 0:
+            raise UsageError(f"--cg_damping={self.cg_damping:g} and --lam_damping={self.lam_damping:g} "
+                             f"must be at least 0 (0 and 0: the undamped iMAML system)")
+        if (self.cg_damping or self.lam_damping) and self.meta_gradient != "implicit":
+            raise UsageError("--cg_damping and --lam_damping damp iMAML's system: they need "
+                             "--meta_gradient=implicit")
         if self.meta_gradient == "es" and (self.es_samples < 1 or self.es_sigma <= 0):
             raise UsageError("--es_samples must be at least 1 and --es_sigma positive")
         self._validate_method()

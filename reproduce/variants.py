@@ -105,6 +105,10 @@ ROWS = {
           "20w1s": (94.46, 0.42, "iMAML-GD, Rajeswaran et al. 2019")}),
         ("DropGrad (Bernoulli 0.1 on first-order MAML)",
          {c: dict(stop_grad=True, dropgrad=0.1) for c in ("5w1s", "20w1s")}, {"5w1s": None, "20w1s": None}),
+        # ES-MAML's defaults (google-research es_maml config.py); each iteration costs ~150 / 8
+        # times the 8-pair row of the engines table, so it runs a tenth of the budget.
+        ("ES-MAML (its defaults: 150 antithetic pairs, sigma 0.1; a tenth of the iterations)",
+         {"5w1s": dict(meta_gradient="es", es_samples=150, es_sigma=0.1, _length="10%")}, {"5w1s": None}),
     ],
 }
 
@@ -117,11 +121,19 @@ def flags_for(config, extra, iterations, logroot, data_dir):
     folder = config + ("-" + extra.pop("_folder") if "_folder" in extra else "")
     extra.pop("_column", None)
     extra.pop("_test", None)
+    extra.pop("_length", None)
     values = dict(BASE[config], metatrain_iterations=iterations, logdir=os.path.join(logroot, folder),
                   data_dir=data_dir, seed=0)
     for k, v in extra.items():  # fractions of the run's length (MAML++'s schedules)
         values[k] = int(iterations * float(v[:-1]) / 100) if isinstance(v, str) and v.endswith("%") else v
     return values
+
+
+def row_iterations(extra, budget):
+    """The row's meta-training iterations: the budget, or ``_length`` of it ("10%": a row
+    whose iteration costs many times the others')."""
+    length = extra.get("_length")
+    return budget if length is None else max(1, int(budget * float(length[:-1]) / 100))
 
 
 def _cmd(values, *more):
@@ -178,7 +190,7 @@ def table(name, iterations, logroot, data_dir, run, configs=tuple(BASE)):
              "|---|---|---|---|"]
     for row, extras, papers in ROWS[name]:
         for config, extra in extras.items():
-            its = iterations[config]
+            its = row_iterations(extra, iterations[config])
             values = flags_for(config, extra, its, logroot, data_dir)
             cfg = config_from_flags(test_values(values, extra))
             csv_path = cfg.test_csv_path

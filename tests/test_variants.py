@@ -34,6 +34,13 @@ def test_own_settings_rows_convert_the_mean_loss_codes_step_sizes():
     assert mamlpp["20w1s"]["update_lr"] == pytest.approx(0.1 / 20)
     imaml = next(v for k, v in own.items() if k.startswith("iMAML"))
     assert imaml["5w1s"]["imaml_lambda"] == pytest.approx(10.0) and imaml["20w1s"]["imaml_lambda"] == pytest.approx(40.0)
+    # the code's damping: lam_damping 10 per mean loss, N x that here; cg_damping scale-free
+    assert imaml["5w1s"]["lam_damping"] == pytest.approx(50.0) and imaml["20w1s"]["lam_damping"] == pytest.approx(200.0)
+    assert imaml["5w1s"]["cg_damping"] == imaml["20w1s"]["cg_damping"] == 1.0
+    es = next(v for k, v in own.items() if k.startswith("ES-MAML"))["5w1s"]
+    values = variants.flags_for("5w1s", es, variants.row_iterations(es, 1000), "/tmp/x", "/tmp/d")
+    assert values["metatrain_iterations"] == 100 and "_length" not in values
+    assert (values["es_samples"], values["es_sigma"]) == (150, 0.1)
     reptile = next(v for k, v in own.items() if k.startswith("Reptile"))
     values = variants.flags_for("5w1s", reptile["5w1s"], 1000, "/tmp/x", "/tmp/d")
     test = config_from_flags(variants.test_values(values, reptile["5w1s"]))

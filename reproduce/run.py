@@ -196,7 +196,8 @@ def restore_state(saved, exp_dir):
               f"continuing from it", flush=True)
         return have
     os.makedirs(exp_dir, exist_ok=True)
-    for name in os.listdir(saved):
+    # The checkpoint index last: a copy cut short never names model files it has not copied.
+    for name in sorted(os.listdir(saved), key=lambda n: n == "checkpoint"):
         src, dst = os.path.join(saved, name), os.path.join(exp_dir, name)
         if os.path.isdir(src):
             shutil.copytree(src, dst, dirs_exist_ok=True)
@@ -214,10 +215,10 @@ def save_state(exp_dir, saved):
     if itr is None:
         return None
     os.makedirs(saved, exist_ok=True)
-    for name in os.listdir(saved):
-        if name.startswith("model") and (".index" in name or ".data-" in name):
-            os.remove(os.path.join(saved, name))
-    for name in _model_files(exp_dir, itr) + [f for f in os.listdir(exp_dir) if f.startswith("events.out.tfevents.")]:
+    # New files first, then the index naming them, then the old checkpoint's files: at every
+    # moment the index names a checkpoint whose files are all there.
+    keep = _model_files(exp_dir, itr)
+    for name in keep + [f for f in os.listdir(exp_dir) if f.startswith("events.out.tfevents.")]:
         shutil.copy2(os.path.join(exp_dir, name), os.path.join(saved, name))
     if os.path.isdir(os.path.join(exp_dir, "val")):
         shutil.copytree(os.path.join(exp_dir, "val"), os.path.join(saved, "val"), dirs_exist_ok=True)
@@ -225,6 +226,9 @@ def save_state(exp_dir, saved):
     with open(tmp, "w") as f:
         f.write(f'model_checkpoint_path: "model{itr}"\nall_model_checkpoint_paths: "model{itr}"\n')
     os.replace(tmp, os.path.join(saved, "checkpoint"))
+    for name in os.listdir(saved):
+        if name.startswith("model") and (".index" in name or ".data-" in name) and name not in keep:
+            os.remove(os.path.join(saved, name))
     return itr
 
 

@@ -16,7 +16,8 @@ marked as such).  Runs already trained or tested are not repeated.
 (and DropGrad).  ``methods``: Omniglot 5-way and 20-way 1-shot with each ``--method``
 and MAML++ (every component on, 5 inner steps of 0.1), MAML's settings otherwise.
 ``own``: each method (and iMAML, DropGrad) at its own paper's settings, from
-docs/methods.md, with its schedules scaled to the budget.
+docs/methods.md, with its schedules scaled to the budget.  ``precision``: MAML with
+``--precision=bfloat16`` beside float32, seeds 0 and 1 each.
 """
 import argparse
 import csv
@@ -109,6 +110,15 @@ ROWS = {
         # times the 8-pair row of the engines table, so it runs a tenth of the budget.
         ("ES-MAML (its defaults: 150 antithetic pairs, sigma 0.1; a tenth of the iterations)",
          {"5w1s": dict(meta_gradient="es", es_samples=150, es_sigma=0.1, _length="10%")}, {"5w1s": None}),
+    ],
+    # --precision=bfloat16 against float32, MAML's usage lines, two seeds each (docs/speed.md,
+    # "bfloat16"): whether the rounded meta-gradient still trains as well.
+    "precision": [
+        (f"MAML, {precision}, seed {seed}",
+         {c: dict(({} if precision == "float32" else dict(precision=precision)),
+                  **({} if seed == 0 else dict(seed=seed, _folder=f"seed{seed}"))) for c in ("5w1s", "20w1s")},
+         {"5w1s": (98.7, 0.4, "Finn et al. 2017, float32"), "20w1s": (95.8, 0.3, "Finn et al. 2017, float32")})
+        for precision in ("float32", "bfloat16") for seed in (0, 1)
     ],
 }
 

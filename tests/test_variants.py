@@ -25,6 +25,16 @@ def test_row_trains_and_tests_the_same_run(table, row, config, extra, tmp_path):
     assert column <= max(10, test.num_updates)  # the test CSV has update0..update{max(10, n)}
 
 
+def test_precision_rows_differ_in_precision_and_seed_only():
+    rows = [extras["5w1s"] for _, extras, _ in variants.ROWS["precision"]]
+    cfgs = [config_from_flags(variants.flags_for("5w1s", e, 1000, "/tmp/x", "/tmp/d")) for e in rows]
+    assert [(c.precision, c.seed) for c in cfgs] == [("float32", 0), ("float32", 1), ("bfloat16", 0), ("bfloat16", 1)]
+    assert len({c.exp_dir for c in cfgs}) == 4  # four runs, four folders
+    base = config_from_flags(variants.flags_for("5w1s", {}, 1000, "/tmp/x", "/tmp/d"))
+    for c in cfgs:
+        assert (c.update_lr, c.num_updates, c.meta_batch_size) == (base.update_lr, base.num_updates, base.meta_batch_size)
+
+
 def test_own_settings_rows_convert_the_mean_loss_codes_step_sizes():
     """MAML++ and iMAML's codes take mean losses: here (N x the mean) their step is a / N and
     iMAML's lambda N x lam, so the 5-way and 20-way rows differ by exactly that factor."""

@@ -62,9 +62,12 @@ def main(argv):
         # Before TensorFlow loads: on a CPU where TensorFlow leaves oneDNN off, whether to
         # turn it on is measured (once per machine and configuration; maml_tf.run.autotune),
         # after a check that the data are there (a missing folder is reported at once).
-        from maml_tf.run.autotune import choose_onednn
+        from maml_tf.run.autotune import choose_onednn, choose_threads
         choose_onednn(cfg, out=lambda line: print(line, flush=True),
                       before_trial=lambda: check_data_dir(cfg.datasource, cfg.data_dir))
+        # Likewise whether the conv net's ops share the cores or split them (2+ CPUs).
+        choose_threads(cfg, out=lambda line: print(line, flush=True),
+                       before_trial=lambda: check_data_dir(cfg.datasource, cfg.data_dir))
     except (UsageError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -109,18 +109,24 @@ def make_batch(name, cfg, rng):
     return xa, ya, xb, yb
 
 
-def set_threads(n, config=None, intra=None, inter=None):
-    """Pin the process to n CPUs (as the anchors' --threads does) and size TF's thread
-    pools as the model recommends for that many CPUs (maml_tf.methods.maml.thread_settings),
-    unless ``intra`` / ``inter`` say otherwise."""
+def pin(n):
+    """Run on n CPUs (as the anchors' --threads does)."""
     avail = sorted(os.sched_getaffinity(0))
     if n < len(avail):
         os.sched_setaffinity(0, avail[:n])
+
+
+def set_threads(n, config=None, intra=None, inter=None):
+    """Pin the process to n CPUs and size TF's thread pools as main.py would for that many
+    CPUs (maml_tf.methods.maml.thread_settings, with the measured MAML_TF_THREAD_SPLIT of
+    :func:`choose_threads`), unless ``intra`` / ``inter`` say otherwise."""
+    pin(n)
     sys.path.insert(0, str(REPO))
     from maml_tf.runtime import import_tensorflow
     tf = import_tensorflow()
     from maml_tf.methods.maml import thread_settings
-    rec_intra, rec_inter = (n, n) if config is None else thread_settings(_spec(config), n)
+    split = os.environ.get("MAML_TF_THREAD_SPLIT") == "1"
+    rec_intra, rec_inter = (n, n) if config is None else thread_settings(_spec(config), n, split)
     tf.config.threading.set_intra_op_parallelism_threads(intra or rec_intra)
     tf.config.threading.set_inter_op_parallelism_threads(inter or rec_inter)
     return intra or rec_intra, inter or rec_inter
@@ -172,6 +178,15 @@ def cpu_description():
     return describe()
 
 
+def choose_threads(config, threads, first_order=False, task_mode=None, xla=None):
+    """As main.py, on ``threads`` CPUs: the conv nets' ops over every core or side by side
+    (maml_tf.run.autotune.choose_threads, measured once and cached)."""
+    pin(threads)
+    from maml_tf.run.autotune import choose_threads as choose
+    choose(_config(config, first_order, task_mode, xla), out=lambda line: print(line, file=sys.stderr))
+    return os.environ.get("MAML_TF_THREAD_SPLIT", "0")
+
+
 def choose_onednn(config, first_order=False, task_mode=None, xla=None):
     """As main.py, before TensorFlow loads: oneDNN on or off where TensorFlow's default
     leaves it off (maml_tf.run.autotune.choose_onednn); returns what the step runs with."""
@@ -183,6 +198,8 @@ def choose_onednn(config, first_order=False, task_mode=None, xla=None):
 def run_ours(args):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     onednn = choose_onednn(args.config, args.first_order, args.task_mode, args.xla)
+    if args.intra_threads is None and args.inter_threads is None:
+        choose_threads(args.config, args.threads, args.first_order, args.task_mode, args.xla)
     pools = set_threads(args.threads, args.config, args.intra_threads, args.inter_threads)
     import numpy as np
     import tensorflow as tf

@@ -250,3 +250,64 @@ def test_runs_measuring_side_by_side_keep_both_choices(cache, monkeypatch):
     autotune.choose(spec, SETTINGS, small)
     autotune.choose(spec, SETTINGS, large)
     assert len(calls) == 2
+
+
+@pytest.fixture
+def split_unset(monkeypatch):
+    monkeypatch.setenv(autotune.THREAD_SPLIT, "restored-by-monkeypatch")
+    monkeypatch.delenv(autotune.THREAD_SPLIT)
+    return monkeypatch
+
+
+def test_thread_settings_split_runs_ops_side_by_side():
+    from maml_tf.methods.maml import THREAD_SPLIT, thread_settings
+    assert THREAD_SPLIT == autotune.THREAD_SPLIT  # the variable both layers name
+    conv, fc = network_spec(Config(**OMNI)), network_spec(Config(datasource="sinusoid", norm="None"))
+    assert thread_settings(conv, 2) == (2, 2) and thread_settings(conv, 2, split=True) == (1, 2)
+    assert thread_settings(fc, 4) == thread_settings(fc, 4, split=True) == (1, 4)
+
+
+def test_choose_threads_measures_once_and_obeys_the_user(cache, split_unset):
+    import os
+    calls, lines = [], []
+
+    def trial(cfg):
+        calls.append(cfg)
+        return {"0": 0.66, "1": 0.58}
+    cfg = Config(**OMNI)
+    assert autotune.choose_threads(cfg, lines.append, trial=trial, cpus=2) == "1"
+    assert os.environ[autotune.THREAD_SPLIT] == "1" and len(calls) == 1
+    assert "ops side by side" in lines[-1] and "0.58 s" in lines[-1] and "0.66 s" in lines[-1]
+    # Cached: the same run again and its evaluation read it; an untrained configuration's
+    # evaluation decides nothing.
+    for again in (cfg, Config(**OMNI, train=False, logdir="elsewhere")):
+        split_unset.delenv(autotune.THREAD_SPLIT, raising=False)
+        assert autotune.choose_threads(again, trial=trial, cpus=2) == "1" and len(calls) == 1
+    split_unset.delenv(autotune.THREAD_SPLIT, raising=False)
+    assert autotune.choose_threads(Config(**dict(OMNI, meta_batch_size=4), train=False), trial=trial, cpus=2) is None
+    # The faster wins either way; another machine (here: CPU count) measures afresh.
+    assert autotune.choose_threads(Config(**dict(OMNI, stop_grad=True)), trial=lambda c: {"0": 1.0, "1": 2.0},
+                                   cpus=2) == "0"
+    split_unset.delenv(autotune.THREAD_SPLIT)
+    assert autotune.choose_threads(cfg, trial=lambda c: {"0": 1.0, "1": 2.0}, cpus=4) == "0"
+    split_unset.delenv(autotune.THREAD_SPLIT)
+    # Not decided: the user's own setting, one CPU, the fc nets, autotuning off, a failed trial.
+    split_unset.setenv(autotune.THREAD_SPLIT, "0")
+    assert autotune.choose_threads(Config(**dict(OMNI, num_filters=16)), trial=trial, cpus=2) is None
+    assert os.environ[autotune.THREAD_SPLIT] == "0"
+    split_unset.delenv(autotune.THREAD_SPLIT)
+    assert autotune.choose_threads(Config(**dict(OMNI, num_filters=16)), trial=trial, cpus=1) is None
+    assert autotune.choose_threads(Config(datasource="sinusoid", norm="None"), trial=trial, cpus=2) is None
+    assert autotune.choose_threads(Config(**dict(OMNI, num_filters=16)), trial=lambda c: {}, cpus=2) is None
+    split_unset.setenv("MAML_TF_AUTOTUNE", "0")
+    assert autotune.choose_threads(Config(**dict(OMNI, num_filters=16)), trial=trial, cpus=2) is None
+    assert len(calls) == 1 and autotune.THREAD_SPLIT not in os.environ
+
+
+def test_threads_trial_times_the_step_both_ways(cache, split_unset):
+    """The real trial: two children, each timing its best path now; the split child's
+    path choice is cached under a key of its own (its steps run at another speed)."""
+    seconds = autotune.threads_trial(Config(**OMNI))
+    assert set(seconds) == {"0", "1"} and all(0 < s < 60 for s in seconds.values())
+    machines = [k for k in json.loads(cache.read_text()) if k != "version"]
+    assert sorted(m.endswith("|threads=split") for m in machines) == [False, True]

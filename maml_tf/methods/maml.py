@@ -36,29 +36,42 @@ TASK_MODES = ("batched", "loop")
 METRIC_KEYS = ("preloss", "postloss", "preacc", "postacc")
 
 
-def thread_settings(spec, cpus=None):
+THREAD_SPLIT = "MAML_TF_THREAD_SPLIT"
+
+
+def thread_settings(spec, cpus=None, split=False):
     """(intra_op, inter_op) TF thread-pool sizes for training ``spec`` on ``cpus`` CPUs.
 
     The fc nets' whole step is one XLA program of ~100 tiny kernels: handing them
     to a second thread costs more than it saves (sinusoid: 0.36 ms/step with one
     intra-op thread, 0.45 ms with two).  The conv nets' oneDNN convolutions use
-    every CPU.  ``cpus``: default, the CPUs this process may run on.
+    every CPU (intra = inter = cpus), or, with ``split``, each op one core and up to
+    ``cpus`` ops side by side (intra 1): independent branches (the per-task loop's
+    tasks) then share the cores without splitting each small op (mini5w1s, loop, 2
+    cores of an AMD EPYC Zen 5: 0.58 s against 0.66-0.75 s per step; omniglot20w1s
+    batched: 13% slower).  Which is faster is measured, not assumed
+    (:func:`maml_tf.run.autotune.choose_threads`).  ``cpus``: default, the CPUs this
+    process may run on.
     """
     if cpus is None:
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     cpus = max(1, int(cpus))
     if spec.kind == "fc":
         return 1, cpus
-    return cpus, cpus
+    return (1, cpus) if split else (cpus, cpus)
 
 
-def configure_threads(spec, cpus=None):
+def configure_threads(spec, cpus=None, split=None):
     """Size TF's thread pools for ``spec`` (see :func:`thread_settings`).
 
-    Must run before TensorFlow executes its first op (the pools are fixed then);
-    returns False, changing nothing, if it is too late.
+    ``split`` default: the environment's ``MAML_TF_THREAD_SPLIT=1`` (which the run's
+    measured choice sets, :func:`maml_tf.run.autotune.choose_threads`).  Must run
+    before TensorFlow executes its first op (the pools are fixed then); returns False,
+    changing nothing, if it is too late.
     """
-    intra, inter = thread_settings(spec, cpus)
+    if split is None:
+        split = os.environ.get(THREAD_SPLIT) == "1"
+    intra, inter = thread_settings(spec, cpus, split)
     try:
         tf.config.threading.set_intra_op_parallelism_threads(intra)
         tf.config.threading.set_inter_op_parallelism_threads(inter)

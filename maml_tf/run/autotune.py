@@ -48,6 +48,7 @@ import time
 
 import numpy as np
 
+THREAD_SPLIT = "MAML_TF_THREAD_SPLIT"  # maml_tf.methods.maml reads it (configure_threads)
 CACHE_NAME = "autotune.json"
 CACHE_VERSION = 1
 
@@ -124,6 +125,17 @@ def onednn_trial(cfg):
     """Seconds of the fastest training-step path for ``cfg`` in a child process run
     with ``TF_ENABLE_ONEDNN_OPTS`` = 0 and = 1: {'0': s, '1': s} (a setting whose child
     failed is left out)."""
+    return _trials(cfg, "TF_ENABLE_ONEDNN_OPTS")
+
+
+def threads_trial(cfg):
+    """The same with each op over every core (``MAML_TF_THREAD_SPLIT=0``) and with ops side
+    by side, one core each (``=1``; :func:`maml_tf.methods.maml.thread_settings`)."""
+    return _trials(cfg, THREAD_SPLIT)
+
+
+def _trials(cfg, variable):
+    """{value: seconds of the fastest path} for ``variable`` = 0 and = 1, one child each."""
     payload = json.dumps({k: v for k, v in _config_fields(cfg).items() if k != "explicit"}, default=str)
     # The child imports this package from where this process found it.
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -131,7 +143,7 @@ def onednn_trial(cfg):
     base["PYTHONPATH"] = os.pathsep.join([root] + ([base["PYTHONPATH"]] if base.get("PYTHONPATH") else []))
     seconds = {}
     for value in ("0", "1"):
-        env = dict(base, TF_ENABLE_ONEDNN_OPTS=value)
+        env = dict(base, **{variable: value})
         try:
             proc = subprocess.run([sys.executable, "-m", "maml_tf.run.autotune", "--trial", payload],
                                   env=env, capture_output=True, text=True, timeout=900)
@@ -166,6 +178,25 @@ def choose_onednn(cfg, out=None, extensions=None, trial=onednn_trial, before_tri
     if tf_onednn_default(cpu["extensions"]) is not False:
         return None
     machine = f"{_cpu_key(cpu)}|tf={_tf_version()}|onednn-choice"
+
+    def told(seconds, choice):
+        times = ", ".join(f"{'oneDNN' if v == '1' else 'Eigen (oneDNN off)'} {t:.3g} s"
+                          for v, t in sorted(seconds.items(), reverse=True))
+        return (f"Timed the step's kernels on this CPU ({times} per step): oneDNN "
+                f"{'on' if choice == '1' else 'off'} (cached in {_cache_path()}; "
+                f"TF_ENABLE_ONEDNN_OPTS=0/1 decides it yourself)")
+    choice = _measured_choice(cfg, machine, trial, out, before_trial, told,
+                              "This CPU has no AVX-512 VNNI/BF16 or AMX, so TensorFlow leaves its oneDNN "
+                              "kernels off: timing the step with and without them (once per machine and "
+                              "configuration)...")
+    if choice is not None:
+        os.environ["TF_ENABLE_ONEDNN_OPTS"] = choice
+    return choice
+
+
+def _measured_choice(cfg, machine, trial, out, before_trial, told, intro):
+    """The cached choice ('0' / '1') for ``cfg`` on ``machine``, or measured now by
+    ``trial`` and cached; None where nothing is decided (see :func:`choose_onednn`)."""
     key = json.dumps({k: v for k, v in _config_fields(cfg).items() if k not in _NOT_STEP},
                      sort_keys=True, default=str)
     entry = _read_cache().get(machine, {}).get(key)
@@ -178,8 +209,7 @@ def choose_onednn(cfg, out=None, extensions=None, trial=onednn_trial, before_tri
         if before_trial is not None:
             before_trial()
         if out is not None:
-            out("This CPU has no AVX-512 VNNI/BF16 or AMX, so TensorFlow leaves its oneDNN kernels off: "
-                "timing the step with and without them (once per machine and configuration)...")
+            out(intro)
         seconds = trial(cfg)
         if not seconds:
             return None
@@ -187,13 +217,45 @@ def choose_onednn(cfg, out=None, extensions=None, trial=onednn_trial, before_tri
         entry = {"choice": choice, "seconds": seconds, "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
         _store(machine, key, entry)
         if out is not None:
-            told = ", ".join(f"{'oneDNN' if v == '1' else 'Eigen (oneDNN off)'} {t:.3g} s"
-                             for v, t in sorted(seconds.items(), reverse=True))
-            out(f"Timed the step's kernels on this CPU ({told} per step): oneDNN "
-                f"{'on' if choice == '1' else 'off'} (cached in {_cache_path()}; "
-                f"TF_ENABLE_ONEDNN_OPTS=0/1 decides it yourself)")
-    os.environ["TF_ENABLE_ONEDNN_OPTS"] = entry["choice"]
+            out(told(seconds, choice))
     return entry["choice"]
+
+
+def choose_threads(cfg, out=None, trial=threads_trial, before_trial=None, cpus=None):
+    """Set ``MAML_TF_THREAD_SPLIT`` for ``cfg``'s run where measuring shows it matters: each
+    op over every core (0, TensorFlow's way) or ops side by side, one core each (1;
+    :func:`maml_tf.methods.maml.thread_settings`).  Call before TensorFlow runs an op.
+    Returns the value set, or None (left alone).
+
+    Decides for conv nets on two or more CPUs (the fc nets run on one intra-op thread
+    anyway), when the user has not set the variable and ``MAML_TF_AUTOTUNE`` is not 0;
+    measured once per machine, oneDNN setting and configuration, by a training run, in
+    two child processes (each also times and caches its best path), as
+    :func:`choose_onednn`.  ``cpus``: the CPUs this process may use (tests).
+    """
+    if THREAD_SPLIT in os.environ or os.environ.get("MAML_TF_AUTOTUNE", "1") == "0":
+        return None
+    if cfg.datasource == "sinusoid" or not cfg.conv:
+        return None
+    cpu = cpu_description()
+    if cpus is not None:
+        cpu["cpus"] = cpus
+    if cpu["cpus"] < 2:
+        return None
+    machine = f"{_cpu_key(cpu)}|tf={_tf_version()}|onednn={os.environ.get('TF_ENABLE_ONEDNN_OPTS', '')}|threads-choice"
+
+    def told(seconds, choice):
+        times = ", ".join(f"{'ops side by side, one core each' if v == '1' else 'each op over every core'} "
+                          f"{t:.3g} s" for v, t in sorted(seconds.items()))
+        return (f"Timed the step's use of the {cpu['cpus']} cores ({times} per step): "
+                f"{'ops side by side' if choice == '1' else 'each op over every core'} "
+                f"(cached in {_cache_path()}; {THREAD_SPLIT}=0/1 decides it yourself)")
+    choice = _measured_choice(cfg, machine, trial, out, before_trial, told,
+                              f"Timing the step with each op over all {cpu['cpus']} cores and with ops side "
+                              f"by side, one core each (once per machine and configuration)...")
+    if choice is not None:
+        os.environ[THREAD_SPLIT] = choice
+    return choice
 
 
 def _cpu_key(cpu):
@@ -204,7 +266,8 @@ def _cpu_key(cpu):
 def _machine_key(tf):
     gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
     onednn = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "")
-    return f"{_cpu_key(cpu_description())}|gpus={','.join(gpus)}|tf={tf.__version__}|onednn={onednn}"
+    split = "|threads=split" if os.environ.get(THREAD_SPLIT) == "1" else ""  # another step speed
+    return f"{_cpu_key(cpu_description())}|gpus={','.join(gpus)}|tf={tf.__version__}|onednn={onednn}{split}"
 
 
 def _cache_path():
@@ -373,18 +436,22 @@ def measure(spec, settings, shapes, task_mode, jit_compile, steps=None):
 
 
 def _trial_main(payload):
-    """Child of :func:`onednn_trial`: the best path's seconds per step for the config
-    in ``payload`` under this process's TF_ENABLE_ONEDNN_OPTS, as one JSON line."""
+    """Child of :func:`onednn_trial` / :func:`threads_trial`: the best path's seconds per
+    step for the config in ``payload`` under this process's TF_ENABLE_ONEDNN_OPTS and
+    MAML_TF_THREAD_SPLIT, as one JSON line."""
     from maml_tf.runtime import import_tensorflow
     import_tensorflow()
     from maml_tf.run.config import Config
     from maml_tf.run.model import input_shapes, network_spec, step_settings
+    from maml_tf.methods.maml import configure_threads
     cfg = Config(**json.loads(payload))
     spec, shapes, settings = network_spec(cfg), input_shapes(cfg), step_settings(cfg)
+    configure_threads(spec)  # as the run will: MAML_TF_THREAD_SPLIT from this child's environment
     task_mode = None if cfg.task_mode == "auto" else cfg.task_mode
-    best, seconds = _choose(spec, settings, shapes, task_mode, cfg.xla, None, None)
-    if seconds is None:  # nothing to choose between: time the one path
-        seconds = measure(spec, settings, shapes, *best)
+    best, _ = _choose(spec, settings, shapes, task_mode, cfg.xla, None, None)
+    # Timed now, also where the path came from the cache: both children of a trial are
+    # measured minutes apart at most, not one of them in an earlier session.
+    seconds = measure(spec, settings, shapes, *best)
     print(json.dumps({"choice": list(best), "seconds": seconds}), flush=True)
 
 

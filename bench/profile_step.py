@@ -43,6 +43,7 @@ def main():
                     help="profile MAML.evaluate over STEPS inner steps instead of the training step")
     args = ap.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    meta_step.choose_threads(args.config, args.threads, args.first_order, args.task_mode, args.xla)  # as main.py
     meta_step.set_threads(args.threads, args.config)
     import tensorflow as tf
     from tensorflow.tsl.profiler.protobuf import xplane_pb2

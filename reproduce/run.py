@@ -42,6 +42,7 @@ import argparse
 import datetime
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -138,54 +139,100 @@ def _env():
     return env
 
 
-STOPPED = []  # the stop signals this script received: no further experiment starts
+STOPPED = []  # the stop signals this command received (a stop holds for the whole command)
+_CHILD = []   # the step's command while it runs
 
 
-def _run(cmd, dry_run, stop_after=None):
+def _stop_group(child):
+    """SIGTERM to the step's command and whatever it started (main.py's autotuning
+    trials): it runs in a process group of its own."""
+    try:
+        os.killpg(child.pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _on_signal(signum, _frame):
+    """SIGTERM / SIGINT to this script: remember the stop and pass it on to the running step."""
+    STOPPED.append(signum)
+    if _CHILD:
+        _stop_group(_CHILD[0])
+
+
+CLEAN_STOPS = (128 + signal.SIGTERM, 128 + signal.SIGINT)  # main.py's exit after saving its state
+
+
+def _run(cmd, dry_run, stop_after=None, since=0):
     """Run one step's command; returns (exit code, seconds, stopped).
 
-    SIGTERM or SIGINT to this script, or ``stop_after`` seconds, pass SIGTERM on to the
-    command (training: main.py finishes its iteration, saves its full state and exits with
-    128 + the signal; that exit is a clean stop, code 0) and keep later experiments from
-    starting."""
+    A stop (SIGTERM or SIGINT to this script, or ``stop_after`` seconds) passes SIGTERM on
+    to the command and its children (training: main.py finishes its iteration, saves its
+    full state and exits with 128 + the signal; that exit is a clean stop, code 0, also
+    when main.py itself was signalled).  A step is not started after a stop that came
+    later than ``since`` (the count of stops already answered)."""
     print("$ " + experiments.shell_join(cmd), flush=True)
     if dry_run:
         return 0, 0.0, False
+    if len(STOPPED) > since:
+        return 0, 0.0, True
     t0 = time.time()
-    child = subprocess.Popen(cmd, env=_env())
-    stopped = []
-
-    def stop(signum, _frame):
-        stopped.append(signum)
-        STOPPED.append(signum)
-        child.send_signal(signal.SIGTERM)
-
-    old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    child = subprocess.Popen(cmd, env=_env(), start_new_session=True)
+    _CHILD[:] = [child]
+    if len(STOPPED) > since:  # a stop between the check above and here
+        _stop_group(child)
     try:
         try:
             rc = child.wait(timeout=stop_after)
         except subprocess.TimeoutExpired:
             print(f"--stop_after: {stop_after / 60:g} minutes are up: stopping "
                   f"(training saves its state)", flush=True)
-            stop(signal.SIGTERM, None)
+            STOPPED.append(signal.SIGTERM)
+            _stop_group(child)
             rc = child.wait()
     finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-    if stopped and rc in (0, 128 + signal.SIGTERM, 128 + signal.SIGINT, -signal.SIGTERM):
+        _CHILD.clear()
+    stopped = len(STOPPED) > since or rc in CLEAN_STOPS
+    if stopped and not len(STOPPED) > since:
+        STOPPED.append(signal.SIGTERM)  # main.py stopped from outside this script: the same
+    if stopped and rc in (0, *CLEAN_STOPS, -signal.SIGTERM, -signal.SIGINT):
         rc = 0
-    return rc, time.time() - t0, bool(stopped)
+    return rc, time.time() - t0, stopped
 
 
 def _model_files(exp_dir, itr):
-    return [f for f in os.listdir(exp_dir) if f == f"model{itr}.index" or f.startswith(f"model{itr}.data-")]
+    """model<itr>'s files, the .data-* shards before the .index (copied in that order)."""
+    names = [f for f in os.listdir(exp_dir) if f == f"model{itr}.index" or f.startswith(f"model{itr}.data-")]
+    return sorted(names, key=lambda n: n.endswith(".index"))
+
+
+def indexed_iteration(folder):
+    """The iteration the ``checkpoint`` index names, if its files are there (what main.py
+    resumes from: it reads the index alone), or None."""
+    try:
+        with open(os.path.join(folder, "checkpoint")) as f:
+            m = re.search(r'^model_checkpoint_path:\s*"(?:.*[/\\])?model(\d+)"', f.read(), re.M)
+    except OSError:
+        return None
+    if not m:
+        return None
+    itr = int(m.group(1))
+    names = _model_files(folder, itr)
+    return itr if f"model{itr}.index" in names and len(names) > 1 else None
+
+
+def _copy(src, dst):
+    """Copy a file through a temporary name: ``dst`` is either the old file or the whole new one."""
+    tmp = dst + ".tmp-copy"
+    shutil.copy2(src, tmp)
+    os.replace(tmp, dst)
 
 
 def restore_state(saved, exp_dir):
-    """Copy the full state saved in ``saved`` into ``exp_dir``, unless exp_dir already holds a
-    checkpoint as far or further; returns the iteration training resumes after, or None."""
-    have = results.latest_checkpoint_iteration(exp_dir) if os.path.isdir(exp_dir) else None
-    got = results.latest_checkpoint_iteration(saved) if os.path.isdir(saved) else None
+    """Copy the full state saved in ``saved`` into ``exp_dir``, unless exp_dir's checkpoint
+    index already names one as far or further; returns the iteration training resumes
+    after, or None.  The index is copied last, after the files it names."""
+    have = indexed_iteration(exp_dir)
+    got = indexed_iteration(saved)
     if got is None:
         print(f"--resume: no saved state in {saved}: "
               + ("training starts at iteration 0" if have is None else f"continuing from {exp_dir} (model{have})"),
@@ -196,30 +243,36 @@ def restore_state(saved, exp_dir):
               f"continuing from it", flush=True)
         return have
     os.makedirs(exp_dir, exist_ok=True)
-    # The checkpoint index last: a copy cut short never names model files it has not copied.
-    for name in sorted(os.listdir(saved), key=lambda n: n == "checkpoint"):
+    names = sorted(os.listdir(saved), key=lambda n: (n == "checkpoint", n.endswith(".index")))
+    for name in names:
         src, dst = os.path.join(saved, name), os.path.join(exp_dir, name)
         if os.path.isdir(src):
             shutil.copytree(src, dst, dirs_exist_ok=True)
-        else:
-            shutil.copy2(src, dst)
+        elif not name.endswith(".tmp-copy"):
+            _copy(src, dst)
     print(f"--resume: restored model{got} from {saved} into {exp_dir}", flush=True)
     return got
 
 
 def save_state(exp_dir, saved):
-    """Save the newest full state of ``exp_dir`` into ``saved``: that checkpoint's files with a
-    checkpoint index naming it alone (older saved checkpoints removed), every summary events
-    file and val/; returns its iteration (None: nothing to save, ``saved`` untouched)."""
-    itr = results.latest_checkpoint_iteration(exp_dir) if os.path.isdir(exp_dir) else None
+    """Save the newest full state of ``exp_dir`` into ``saved`` unless ``saved`` already holds
+    one as far or further: that checkpoint's files with a checkpoint index naming it alone
+    (older saved checkpoints removed), every summary events file and val/; returns the
+    iteration saved (None: nothing newer to save, ``saved`` untouched)."""
+    itr = indexed_iteration(exp_dir)
     if itr is None:
+        return None
+    there = indexed_iteration(saved)
+    if there is not None and there >= itr:
+        print(f"--resume: {saved} already holds model{there}, as far as {exp_dir}'s model{itr}: "
+              f"left as it is", flush=True)
         return None
     os.makedirs(saved, exist_ok=True)
     # New files first, then the index naming them, then the old checkpoint's files: at every
     # moment the index names a checkpoint whose files are all there.
     keep = _model_files(exp_dir, itr)
     for name in keep + [f for f in os.listdir(exp_dir) if f.startswith("events.out.tfevents.")]:
-        shutil.copy2(os.path.join(exp_dir, name), os.path.join(saved, name))
+        _copy(os.path.join(exp_dir, name), os.path.join(saved, name))
     if os.path.isdir(os.path.join(exp_dir, "val")):
         shutil.copytree(os.path.join(exp_dir, "val"), os.path.join(saved, "val"), dirs_exist_ok=True)
     tmp = os.path.join(saved, "checkpoint.tmp")
@@ -230,6 +283,15 @@ def save_state(exp_dir, saved):
         if name.startswith("model") and (".index" in name or ".data-" in name) and name not in keep:
             os.remove(os.path.join(saved, name))
     return itr
+
+
+def _done(e, test_cfg, length):
+    """The record of a finished, selected and tested run of ``e`` beside its test CSV, or None."""
+    rec = results.read_manifest(test_cfg.test_csv_path) if os.path.exists(test_cfg.test_csv_path) else None
+    if rec and rec.get("experiment") == e.name and (rec.get("iterations") or 0) >= length \
+            and "(selected)" in str(rec.get("tested_checkpoint", "")):
+        return rec
+    return None
 
 
 def run_experiment(e, args, extra):
@@ -248,14 +310,25 @@ def run_experiment(e, args, extra):
         overrides.append(("init_checkpoint", os.path.normpath(os.path.join(REPO, init))))
     if args.select and e.trains and not any(k == "max_to_keep" for k, _ in overrides):
         length = e.config(test=False, budget=budget, logroot=args.logroot, extra=overrides)
-        overrides.append(("max_to_keep", length.metatrain_iterations // length.save_interval + 1))
+        overrides.append(("max_to_keep", length.total_iterations // length.save_interval + 1))
     kw = dict(budget=budget, logroot=args.logroot, data_dir=args.data_dir, extra=overrides)
     train_cmd = e.command(python=sys.executable, main=MAIN, **kw) if e.trains else None
     cfg = e.config(test=True, **kw)
     train_cfg = e.config(test=False, **kw) if e.trains else None
     saved = None
+    mark = len(STOPPED)  # stops answered so far
     if args.resume and e.trains:
-        saved = os.path.join(args.resume, os.path.relpath(train_cfg.exp_dir, args.logroot))
+        rel = os.path.relpath(os.path.abspath(train_cfg.exp_dir), os.path.abspath(args.logroot))
+        if rel.startswith(".."):
+            raise UsageError(f"--resume keeps a run's state as DIR/<its folder under --logroot>, but "
+                             f"{train_cfg.exp_dir} is not under --logroot={args.logroot}: drop the --logdir "
+                             f"given after --")
+        saved = os.path.join(args.resume, rel)
+        done = None if args.dry_run else _done(e, cfg, train_cfg.total_iterations)
+        if done:
+            print(f"=== {e.name}: done ({done['iterations']:,} iterations, tested "
+                  f"{done['tested_checkpoint']}): skipped; drop it from the command ===", flush=True)
+            return 0
         if not args.dry_run and not args.skip_train:
             restore_state(saved, train_cfg.exp_dir)
     record = {"experiment": e.name, "variant": "budget" if budget and e.trains else "full",
@@ -265,25 +338,26 @@ def run_experiment(e, args, extra):
     stopped = False
     if train_cmd and not args.skip_train:
         stop_after = None if args.stop_after is None else 60 * args.stop_after
-        rc, wall, stopped = _run(train_cmd, args.dry_run, stop_after)
+        rc, wall, stopped = _run(train_cmd, args.dry_run, stop_after, since=mark)
         if rc:
             print(f"error: training {e.name} failed (exit {rc})", file=sys.stderr)
             return rc
         record["train_wall_s"] = round(wall, 1)
+    mark = len(STOPPED)  # the training's stop is answered: the test still runs after it
     short = False
     if train_cmd and not args.dry_run:
-        reached = results.latest_checkpoint_iteration(train_cfg.exp_dir)
-        short = reached is None or reached + 1 < train_cfg.metatrain_iterations
-        if saved and reached is not None:
-            save_state(train_cfg.exp_dir, saved)
+        reached = indexed_iteration(train_cfg.exp_dir)
+        length = train_cfg.total_iterations
+        short = reached is None or reached + 1 < length
+        if saved and reached is not None and save_state(train_cfg.exp_dir, saved) is not None:
             print(f"--resume: saved model{reached} (the full state) into {saved}", flush=True)
         if stopped and short:
             print(f"{e.name}: stopped at iteration {reached + 1 if reached is not None else 0:,} of "
-                  f"{train_cfg.metatrain_iterations:,}; the same command continues it", flush=True)
+                  f"{length:,}; the same command continues it", flush=True)
             if reached is None:
                 return 0
         if args.select and short and reached is not None:
-            print(f"{e.name}: short of its {train_cfg.metatrain_iterations:,} iterations: testing the "
+            print(f"{e.name}: short of its {length:,} iterations: testing the "
                   f"newest checkpoint, no model selection", flush=True)
     if train_cmd:  # recorded in the portable form (run from the repository root)
         record["train_command"] = experiments.shell_join(e.command(**kw))
@@ -293,7 +367,7 @@ def run_experiment(e, args, extra):
         if args.num_test_tasks is not None:
             sel_flags.append(f"--num_tasks={args.num_test_tasks}")
         rc, wall, stopped = _run([sys.executable, "-m", "maml_tf.paper.select_checkpoint"] + sel_flags,
-                                 args.dry_run)
+                                 args.dry_run, since=mark)
         if stopped:
             print(f"{e.name}: stopped during model selection; the same command selects again", flush=True)
             return 0
@@ -309,7 +383,7 @@ def run_experiment(e, args, extra):
     test_cmd = e.command(python=sys.executable, main=MAIN, test=True,
                          **{**kw, "extra": overrides + test_extra})
     if not args.skip_test:
-        rc, wall, stopped = _run(test_cmd, args.dry_run)
+        rc, wall, stopped = _run(test_cmd, args.dry_run, since=mark)
         if stopped:
             print(f"{e.name}: stopped during the test; the same command tests again", flush=True)
             return 0
@@ -395,12 +469,18 @@ def main(argv=None):
             p.print_usage(sys.stderr)
             print("error: give --list, --show NAME or --experiment NAME", file=sys.stderr)
             return 2
-        for e in experiments.select(args.experiment):
-            rc = run_experiment(e, args, extra.items())
-            if rc:
-                return rc
-            if STOPPED:
-                break  # a stop holds for the whole command
+        STOPPED.clear()
+        old = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            for e in experiments.select(args.experiment):
+                rc = run_experiment(e, args, extra.items())
+                if rc:
+                    return rc
+                if STOPPED:
+                    break  # a stop holds for the whole command
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -196,7 +196,9 @@ def read(cfg, csv_path, column=None):
 def table(name, iterations, logroot, data_dir, run, configs=tuple(BASE)):
     log = os.path.join(logroot, f"{name}.log")
     os.makedirs(logroot, exist_ok=True)
-    lines = [f"| {name[:-1]} | config | meta-test accuracy (budget: {{it}} iterations) | paper (full length) |",
+    what = {"engines": "engine", "methods": "method", "own": "method, its own settings",
+            "precision": "precision"}.get(name, name)
+    lines = [f"| {what} | config | meta-test accuracy (budget: {{it}} iterations) | paper (full length) |",
              "|---|---|---|---|"]
     for row, extras, papers in ROWS[name]:
         for config, extra in extras.items():

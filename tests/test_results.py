@@ -302,6 +302,7 @@ def test_run_py_train_stops_cleanly_on_time_or_signal():
              "time.sleep(60)"]
     rc, wall, stopped = run_py._run(child, False, stop_after=1.0)
     assert (rc, stopped) == (0, True) and 1.0 <= wall < 30
+    run_py.STOPPED.clear()
     rc, _, stopped = run_py._run([sys.executable, "-c", "pass"], False, stop_after=30)
     assert (rc, stopped) == (0, False)
     rc, _, stopped = run_py._run([sys.executable, "-c", "import sys; sys.exit(3)"], False)
@@ -357,18 +358,69 @@ def test_run_py_resume_saves_the_state_and_the_same_command_continues(tmp_path):
     assert rec["iterations"] == 20000 and rec["tested_checkpoint"] == f"model{best} (selected)"
     assert results.latest_checkpoint_iteration(str(saved)) == 19999
     assert len([f for f in os.listdir(saved) if f.endswith(".index")]) == 1
+    # Done (full length, selected, tested): the same command skips it and says so.
+    r = _run_py(*args, cwd=tmp_path)
+    assert r.returncode == 0 and "done (20,000 iterations" in r.stdout and "skipped" in r.stdout
+    assert "$ " not in r.stdout  # nothing ran
 
 
-def test_run_py_resume_keeps_a_log_folder_that_is_further(tmp_path):
+def _fake_state(folder, itr, named=True):
+    folder.mkdir(exist_ok=True)
+    (folder / f"model{itr}.data-00000-of-00001").write_text(f"weights {itr}")
+    (folder / f"model{itr}.index").write_text(f"index {itr}")
+    if named:
+        (folder / "checkpoint").write_text(f'model_checkpoint_path: "model{itr}"\n')
+
+
+def test_run_py_resume_never_moves_a_state_backwards(tmp_path):
     run_py = _load_run_py()
     saved, exp_dir = tmp_path / "saved", tmp_path / "run"
-    for d, itr in ((saved, 5), (exp_dir, 9)):
-        d.mkdir()
-        (d / f"model{itr}.index").write_text("x")
-        (d / "checkpoint").write_text(f'model_checkpoint_path: "model{itr}"\n')
-    assert run_py.restore_state(str(saved), str(exp_dir)) == 9
+    _fake_state(saved, 5)
+    _fake_state(exp_dir, 9)
+    assert run_py.restore_state(str(saved), str(exp_dir)) == 9  # the log folder is further
     assert not (exp_dir / "model5.index").exists()
     assert run_py.save_state(str(exp_dir), str(saved)) == 9
-    assert sorted(os.listdir(saved)) == ["checkpoint", "model9.index"]
+    assert sorted(os.listdir(saved)) == ["checkpoint", "model9.data-00000-of-00001", "model9.index"]
+    # A log folder behind the saved state (a stale logs/, --skip_train) leaves it alone.
+    _fake_state(exp_dir, 3)
+    assert run_py.save_state(str(exp_dir), str(saved)) is None
+    assert run_py.indexed_iteration(str(saved)) == 9 and (saved / "model9.index").exists()
     assert run_py.save_state(str(tmp_path / "nothing"), str(saved)) is None
+    # Only the index counts: files of a copy cut short before it are no state.
+    cut = tmp_path / "cut"
+    _fake_state(cut, 12, named=False)
+    assert run_py.indexed_iteration(str(cut)) is None
+    assert run_py.restore_state(str(saved), str(cut)) == 9 and run_py.indexed_iteration(str(cut)) == 9
     assert run_py.main(["--experiment", "sinusoid-maml-k5", "--stop_after", "0"]) == 2
+
+
+def test_run_py_stop_reaches_the_commands_children_and_main_pys_own_stop_is_clean():
+    import time
+    run_py = _load_run_py()
+    run_py.STOPPED.clear()
+    # A command that started a child of its own (main.py's autotuning trials): both stop.
+    pid_file = tempfile.NamedTemporaryFile(suffix=".pid", delete=False).name
+    code = ("import subprocess, sys, time\n"
+            "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+            f"open({pid_file!r}, 'w').write(str(p.pid))\n"
+            "time.sleep(60)")
+    t0 = time.time()
+    rc, _, stopped = run_py._run([sys.executable, "-c", code], False, stop_after=3)
+    assert stopped and rc == 0 and time.time() - t0 < 30  # killed by SIGTERM: a stop, not a failure
+    grandchild = int(open(pid_file).read())
+    for _ in range(50):  # reaped by init once it is gone
+        try:
+            os.kill(grandchild, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the command's own child outlived the stop")
+    assert run_py.STOPPED  # and it holds for the rest of the command
+    rc, _, stopped = run_py._run([sys.executable, "-c", "pass"], False, since=0)
+    assert stopped and rc == 0  # not started after the stop
+    run_py.STOPPED.clear()
+    # main.py signalled directly (not through this script) saves and exits 128 + 15: clean.
+    rc, _, stopped = run_py._run([sys.executable, "-c", "import sys; sys.exit(143)"], False)
+    assert (rc, stopped) == (0, True) and run_py.STOPPED
+    run_py.STOPPED.clear()

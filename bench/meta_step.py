@@ -125,8 +125,7 @@ def set_threads(n, config=None, intra=None, inter=None):
     from maml_tf.runtime import import_tensorflow
     tf = import_tensorflow()
     from maml_tf.methods.maml import thread_settings
-    split = os.environ.get("MAML_TF_THREAD_SPLIT") == "1"
-    rec_intra, rec_inter = (n, n) if config is None else thread_settings(_spec(config), n, split)
+    rec_intra, rec_inter = (n, n) if config is None else thread_settings(_spec(config), n)
     tf.config.threading.set_intra_op_parallelism_threads(intra or rec_intra)
     tf.config.threading.set_inter_op_parallelism_threads(inter or rec_inter)
     return intra or rec_intra, inter or rec_inter

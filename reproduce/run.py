@@ -42,7 +42,6 @@ import argparse
 import datetime
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -208,14 +207,9 @@ def _model_files(exp_dir, itr):
 def indexed_iteration(folder):
     """The iteration the ``checkpoint`` index names, if its files are there (what main.py
     resumes from: it reads the index alone), or None."""
-    try:
-        with open(os.path.join(folder, "checkpoint")) as f:
-            m = re.search(r'^model_checkpoint_path:\s*"(?:.*[/\\])?model(\d+)"', f.read(), re.M)
-    except OSError:
+    itr = results.indexed_checkpoint(folder)
+    if itr is None:
         return None
-    if not m:
-        return None
-    itr = int(m.group(1))
     names = _model_files(folder, itr)
     return itr if f"model{itr}.index" in names and len(names) > 1 else None
 

@@ -135,7 +135,7 @@ def flags_for(config, extra, iterations, logroot, data_dir):
     values = dict(BASE[config], metatrain_iterations=iterations, logdir=os.path.join(logroot, folder),
                   data_dir=data_dir, seed=0)
     for k, v in extra.items():  # fractions of the run's length (MAML++'s schedules)
-        values[k] = int(iterations * float(v[:-1]) / 100) if isinstance(v, str) and v.endswith("%") else v
+        values[k] = _percent_of(v, iterations) if isinstance(v, str) and v.endswith("%") else v
     return values
 
 
@@ -143,7 +143,12 @@ def row_iterations(extra, budget):
     """The row's meta-training iterations: the budget, or ``_length`` of it ("10%": a row
     whose iteration costs many times the others')."""
     length = extra.get("_length")
-    return budget if length is None else max(1, int(budget * float(length[:-1]) / 100))
+    return budget if length is None else max(1, _percent_of(length, budget))
+
+
+def _percent_of(text, total):
+    """ "10%" of ``total``, rounded down."""
+    return int(total * float(text[:-1]) / 100)
 
 
 def _cmd(values, *more):

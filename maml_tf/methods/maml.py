@@ -39,7 +39,7 @@ METRIC_KEYS = ("preloss", "postloss", "preacc", "postacc")
 THREAD_SPLIT = "MAML_TF_THREAD_SPLIT"
 
 
-def thread_settings(spec, cpus=None, split=False):
+def thread_settings(spec, cpus=None, split=None):
     """(intra_op, inter_op) TF thread-pool sizes for training ``spec`` on ``cpus`` CPUs.
 
     The fc nets' whole step is one XLA program of ~100 tiny kernels: handing them
@@ -51,8 +51,11 @@ def thread_settings(spec, cpus=None, split=False):
     cores of an AMD EPYC Zen 5: 0.58 s against 0.66-0.75 s per step; omniglot20w1s
     batched: 13% slower).  Which is faster is measured, not assumed
     (:func:`maml_tf.run.autotune.choose_threads`).  ``cpus``: default, the CPUs this
-    process may run on.
+    process may run on; ``split`` default: the environment's ``MAML_TF_THREAD_SPLIT=1``
+    (which that measured choice sets).
     """
+    if split is None:
+        split = os.environ.get(THREAD_SPLIT) == "1"
     if cpus is None:
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     cpus = max(1, int(cpus))
@@ -64,13 +67,9 @@ def thread_settings(spec, cpus=None, split=False):
 def configure_threads(spec, cpus=None, split=None):
     """Size TF's thread pools for ``spec`` (see :func:`thread_settings`).
 
-    ``split`` default: the environment's ``MAML_TF_THREAD_SPLIT=1`` (which the run's
-    measured choice sets, :func:`maml_tf.run.autotune.choose_threads`).  Must run
-    before TensorFlow executes its first op (the pools are fixed then); returns False,
-    changing nothing, if it is too late.
+    Must run before TensorFlow executes its first op (the pools are fixed then);
+    returns False, changing nothing, if it is too late.
     """
-    if split is None:
-        split = os.environ.get(THREAD_SPLIT) == "1"
     intra, inter = thread_settings(spec, cpus, split)
     try:
         tf.config.threading.set_intra_op_parallelism_threads(intra)

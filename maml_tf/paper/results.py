@@ -108,15 +108,23 @@ def checkpoint_iterations(exp_dir):
     return sorted(int(m.group(1)) for m in map(_MODEL_RE.match, names) if m)
 
 
+def indexed_checkpoint(exp_dir):
+    """The iteration the ``checkpoint`` state file names (whether or not its files are
+    there), or None."""
+    try:
+        with open(os.path.join(exp_dir, "checkpoint")) as f:
+            m = re.search(r'^model_checkpoint_path:\s*"(?:.*[/\\])?model(\d+)"', f.read(), re.M)
+    except OSError:
+        return None
+    return int(m.group(1)) if m else None
+
+
 def latest_checkpoint_iteration(exp_dir):
     """The newest checkpoint's iteration, as main.py --train=False picks it (the
     ``checkpoint`` state file's entry when present, else the highest), or None."""
-    state = os.path.join(exp_dir, "checkpoint")
-    if os.path.exists(state):
-        with open(state) as f:
-            m = re.search(r'^model_checkpoint_path:\s*"(?:.*[/\\])?model(\d+)"', f.read(), re.M)
-        if m and os.path.exists(os.path.join(exp_dir, f"model{m.group(1)}.index")):
-            return int(m.group(1))
+    itr = indexed_checkpoint(exp_dir)
+    if itr is not None and os.path.exists(os.path.join(exp_dir, f"model{itr}.index")):
+        return itr
     its = checkpoint_iterations(exp_dir)
     return its[-1] if its else None
 

@@ -207,31 +207,39 @@ def analytic_products(spec, support, query, num_updates):
 
 
 # ------------------------------------------------------------------------------ the peak
-def peak(dtype="float32", n=2048, repeats=8, calls=5):
-    """(GFLOP/s, seconds per product): the best rate of a [n, n] x [n, n] product in ``dtype``,
+def peak(dtype="float32", n=2048, repeats=8, calls=5, chains=1):
+    """(GFLOP/s, seconds per product): the best rate of [n, n] x [n, n] products in ``dtype``,
     ``repeats`` products chained inside one compiled call (so the call's overhead is spread),
-    best of ``calls`` calls after one warm-up call.  Run with the threads the step runs with."""
+    best of ``calls`` calls after one warm-up call.  Run with the threads the step runs with.
+
+    ``chains``: independent chains in the same call, which TensorFlow's inter-op pool runs
+    side by side.  A step whose ops run on one core each (intra-op pool 1) uses the cores
+    by running ops side by side, and one chain would measure one core's peak against the
+    work of all of them: give it one chain per core (``meta_step.peak_chains``)."""
     import numpy as np
     import tensorflow as tf
     rng = np.random.default_rng(0)
-    a = tf.constant(rng.standard_normal((n, n)) / np.sqrt(n), dtype=dtype)
-    b = tf.constant(rng.standard_normal((n, n)) / np.sqrt(n), dtype=dtype)
+    pairs = [(tf.constant(rng.standard_normal((n, n)) / np.sqrt(n), dtype=dtype),
+              tf.constant(rng.standard_normal((n, n)) / np.sqrt(n), dtype=dtype)) for _ in range(chains)]
 
     @tf.function(autograph=False)
-    def chain(a, b):
-        x = a
-        for _ in range(repeats):
-            x = tf.matmul(x, b)
-        return tf.reduce_sum(tf.cast(x[:1, :1], tf.float32))
+    def chain(pairs):
+        ends = []
+        for a, b in pairs:
+            x = a
+            for _ in range(repeats):
+                x = tf.matmul(x, b)
+            ends.append(tf.reduce_sum(tf.cast(x[:1, :1], tf.float32)))
+        return tf.add_n(ends)
 
-    chain(a, b).numpy()
+    chain(pairs).numpy()
     best = float("inf")
     for _ in range(calls):
         t0 = time.perf_counter()
-        chain(a, b).numpy()
+        chain(pairs).numpy()
         best = min(best, time.perf_counter() - t0)
     per = best / repeats
-    return 2 * n ** 3 / per / 1e9, per
+    return chains * 2 * n ** 3 / per / 1e9, per
 
 
 def main():
@@ -246,12 +254,12 @@ def main():
     args = ap.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("MAML_TF_AUTOTUNE", "0")  # counting needs no timing of the paths
-    meta_step.set_threads(args.threads, args.config)
+    pools = meta_step.set_threads(args.threads, args.config)
     model, cfg, next_batch = meta_step.build(args.config, args.first_order, args.task_mode, "off")
     res = {"config": args.config, "first_order": args.first_order,
            "flops_method": "graph ops, shapes (bench/flops.py)", **step_flops(model, next_batch())}
     if args.peak:
-        res["peak_gflops_float32"], _ = peak("float32")
+        res["peak_gflops_float32"], _ = peak("float32", chains=meta_step.peak_chains(pools))
         res["threads"] = args.threads
         res["cpu"] = meta_step.cpu_description()
     print(json.dumps(res))

@@ -17,7 +17,8 @@ floating-point work and how close it runs to the machine's limit (``bench/flops.
 ``flops_per_step`` and ``product_flops_per_step`` (the convolutions and matrix products,
 counted from the step's graph), ``product_gflops_per_s`` (those over the median time),
 ``peak_gflops`` (TensorFlow's own large matrix product, same precision and threads,
-measured after the timed steps; ``--no_peak`` skips it) and ``percent_of_peak``.
+measured after the timed steps; ``--no_peak`` skips it; ``peak_chains`` products side by
+side where the step's ops run side by side, one core each) and ``percent_of_peak``.
 
 Parameters and data are drawn exactly as the anchors draw them (one
 ``np.random.default_rng(0)`` stream: the weights, then the data), so
@@ -131,6 +132,15 @@ def set_threads(n, config=None, intra=None, inter=None):
     return intra or rec_intra, inter or rec_inter
 
 
+def peak_chains(pools):
+    """How many matrix-product chains the peak runs side by side (bench/flops.py, ``peak``):
+    one per inter-op thread where each op runs on one core (intra-op pool 1: the conv nets'
+    ops side by side, ``MAML_TF_THREAD_SPLIT=1``, and the fc nets), else one chain over the
+    intra-op pool.  Either way the peak is that of every core the step may use."""
+    intra, inter = pools
+    return inter if intra == 1 else 1
+
+
 def _spec(config):
     sys.path.insert(0, str(REPO))
     from maml_tf.run.config import Config
@@ -230,7 +240,8 @@ def run_ours(args):
     # matrix-product peak on this machine with the same threads (bench/flops.py).
     import flops as flop_count
     work = flop_count.step_flops(model, next_batch())
-    peak_gflops = None if args.no_peak else flop_count.peak(args.precision)[0]
+    chains = peak_chains(pools)
+    peak_gflops = None if args.no_peak else flop_count.peak(args.precision, chains=chains)[0]
     rate = work["products"] / statistics.median(timed) / 1e9
     return {
         "stack": "maml-tf", "config": args.config, "first_order": args.first_order,
@@ -243,7 +254,7 @@ def run_ours(args):
         "compile_s": times[0], "cpu_sec_per_iter_median": statistics.median(cpu[warmup:]),
         "flops_method": "graph ops, shapes (bench/flops.py)", "flops_per_step": work["total"],
         "product_flops_per_step": work["products"], "product_gflops_per_s": round(rate, 2),
-        "peak_gflops": None if peak_gflops is None else round(peak_gflops, 1),
+        "peak_gflops": None if peak_gflops is None else round(peak_gflops, 1), "peak_chains": chains,
         "percent_of_peak": None if peak_gflops is None else round(100 * rate / peak_gflops, 1),
         "load_avg": os.getloadavg()[0], "warmup": warmup, "threads": args.threads,
         "cpu": cpu_description(), "onednn": onednn,

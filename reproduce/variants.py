@@ -4,6 +4,7 @@
     python reproduce/variants.py --table engines [--iterations 1000] [--logroot logs/variants]
     python reproduce/variants.py --table methods [--iterations 1000 --iterations20 300]
     python reproduce/variants.py --table methods --summary          # the table from what exists
+    python reproduce/variants.py --table own --cost 10 [--cores 0 1]   # each row's seconds per iteration
 
 Every row trains with ``main.py`` on the same data, seed (0) and number of meta-training
 iterations, then tests with the original's protocol (``--train=False --test_set=True``:
@@ -18,13 +19,24 @@ and MAML++ (every component on, 5 inner steps of 0.1), MAML's settings otherwise
 ``own``: each method (and iMAML, DropGrad) at its own paper's settings, from
 docs/methods.md, with its schedules scaled to the budget.  ``precision``: MAML with
 ``--precision=bfloat16`` beside float32, seeds 0 and 1 each.
+
+``--cost N``: instead of the table, what each row costs here: every row trains ``N``
+iterations with its own flags (``main.py --step_times``; its schedules scaled to ``N``,
+so a row's multi-step loss or first-order phase covers the same share of them), one
+row per core at a time, each ``main.py`` pinned to one of ``--cores``, with the static
+default path (``MAML_TF_AUTOTUNE=0``: no timing trials, the same path for every row);
+the table gives the median seconds of an iteration after the first three (tracing),
+the ratio to the table's first row on the same configuration, and the training time
+the budget would take on one core.  A benchmark: run it with nothing else on the cores.
 """
 import argparse
 import csv
 import json
 import os
+import statistics
 import subprocess
 import sys
+import threading
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -229,6 +241,73 @@ def table(name, iterations, logroot, data_dir, run, configs=tuple(BASE)):
     return "\n".join(lines)
 
 
+def cost(name, iterations, budget, logroot, data_dir, cores):
+    """Each row's seconds per iteration (see the module docstring): the markdown table."""
+    jobs, logroot = [], os.path.join(logroot, time.strftime("%Y%m%d-%H%M%S"))  # a fresh folder each time
+    for row, extras, _ in ROWS[name]:
+        for config, extra in extras.items():
+            values = flags_for(config, extra, iterations, logroot, data_dir)
+            values["logdir"] = os.path.join(logroot, f"{len(jobs):02d}-{config}")
+            values["step_times"] = values["logdir"] + ".npy"
+            jobs.append(dict(row=row, config=config, values=values,
+                             budget=row_iterations(extra, budget[config])))
+    log = os.path.join(logroot, f"{name}-cost.log")
+    os.makedirs(logroot, exist_ok=True)
+    env = dict(os.environ, MAML_TF_AUTOTUNE="0")
+    todo, lock = list(jobs), threading.Lock()
+
+    def lane(core):
+        while True:
+            with lock:
+                if not todo:
+                    return
+                job = todo.pop(0)
+            cmd = _cmd(job["values"])
+            print(f"[core {core}] $ " + " ".join(cmd), flush=True)
+            t0 = time.time()
+            with lock, open(log, "a") as f:
+                f.write(f"[core {core}] $ {' '.join(cmd)}\n")
+            r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO, env=env,
+                               text=True, preexec_fn=lambda: os.sched_setaffinity(0, {core}))
+            with lock, open(log, "a") as f:
+                f.write(r.stdout)
+            job["seconds"] = time.time() - t0
+            job["ok"] = r.returncode == 0 and os.path.exists(job["values"]["step_times"])
+            if not job["ok"]:
+                print(f"[core {core}] failed (exit {r.returncode}): see {log}", flush=True)
+
+    threads = [threading.Thread(target=lane, args=(c,)) for c in cores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    import numpy as np
+    from maml_tf.run.autotune import cpu_description
+    cpu = cpu_description()
+    lines = [f"| {name} row | config | s / iteration, one core | x the first row | budget iterations | "
+             "training at the budget, one core |", "|---|---|---|---|---|---|"]
+    first = {}
+    records = []
+    for job in jobs:
+        if not job["ok"]:
+            lines.append(f"| {job['row']} | {job['config']} | failed (see {log}) | | | |")
+            continue
+        ends = np.load(job["values"]["step_times"])[:, 1]
+        per = statistics.median(np.diff(ends)[3:]) if len(ends) > 4 else float("nan")
+        base = first.setdefault(job["config"], per)
+        hours = per * job["budget"] / 3600
+        took = f"{hours:.1f} h" if hours >= 1 else f"{hours * 60:.0f} min"
+        lines.append(f"| {job['row']} | {job['config']} | {per:.3g} s | {per / base:.2f} | {job['budget']} | {took} |")
+        records.append({"row": job["row"], "config": job["config"], "sec_per_iter_median": per,
+                        "iterations": iterations, "budget": job["budget"], "flags": job["values"],
+                        "wall_s": round(job["seconds"], 1), "cpu": cpu, "static_path": True})
+    with open(os.path.join(logroot, f"{name}-cost.jsonl"), "a") as f:
+        for rec in records:
+            f.write(json.dumps(rec) + "\n")
+    lines.append(f"\nCPU: {cpu['model']} [{cpu['id']}] ({', '.join(cpu['extensions'])}), one core per row")
+    return "\n".join(lines)
+
+
 def main():
     from maml_tf.runtime import import_tensorflow
     import_tensorflow()  # without TensorFlow's start-up lines (the flag parsing below loads it)
@@ -241,9 +320,19 @@ def main():
     p.add_argument("--summary", action="store_true", help="only print the table of what exists")
     p.add_argument("--configs", nargs="+", choices=sorted(BASE), default=sorted(BASE),
                    help="train and test these configurations only (the others: what exists)")
+    p.add_argument("--cost", type=int, default=0, metavar="N",
+                   help="time N iterations of every row instead (each row's seconds per iteration)")
+    p.add_argument("--cores", type=int, nargs="+", default=None,
+                   help="--cost: the cores to run rows on, one row per core at a time (default: every core)")
     args = p.parse_args()
     iterations = {"5w1s": args.iterations, "20w1s": args.iterations20}
     logroot = os.path.abspath(os.path.join(args.logroot, args.table))
+    if args.cost:
+        if args.cost < 6:
+            p.error(f"--cost {args.cost}: too few iterations to time (the first three trace); give 6 or more")
+        cores = args.cores or sorted(os.sched_getaffinity(0))
+        print(cost(args.table, args.cost, iterations, logroot + "-cost", args.data_dir, cores))
+        return
     print(table(args.table, iterations, logroot, args.data_dir, run=not args.summary,
                 configs=args.configs))
 

@@ -44,6 +44,19 @@ def test_measures_once_chooses_the_fastest_and_caches(cache, monkeypatch):
     assert len(calls) == 10
 
 
+def test_choose_gives_seconds_only_where_it_measured_them_now(cache, monkeypatch):
+    """A threads trial's child re-times its path only when the choice did not just time it:
+    seconds from this call's measurement, None for a cached choice or a single candidate."""
+    cfg = Config(datasource="sinusoid", norm="None", meta_batch_size=4, update_batch_size=5)
+    spec, shapes = network_spec(cfg), input_shapes(cfg)
+    fake = {("batched", True): 3.0, ("batched", False): 2.0, ("loop", True): 1.0, ("loop", False): 4.0}
+    monkeypatch.setattr(autotune, "measure_all", lambda spec, settings, shapes, options, steps=None:
+                        {opt: fake[opt] for opt in options})
+    assert autotune._choose(spec, SETTINGS, shapes, None, None, None, None) == (("loop", True), 1.0)
+    assert autotune._choose(spec, SETTINGS, shapes, None, None, None, None) == (("loop", True), None)
+    assert autotune._choose(spec, SETTINGS, shapes, "batched", False, None, None) == (("batched", False), None)
+
+
 def test_another_cpu_generation_with_the_same_name_is_measured_afresh(cache, monkeypatch):
     """Virtual machines show one model name ("Intel(R) Xeon(R) Processor") for different
     generations: the family/model/stepping numbers are part of the cache key, so a choice

@@ -121,3 +121,13 @@ def test_second_order_costs_about_twice_first_order(monkeypatch):
 def test_peak_is_a_rate_of_the_product_it_times():
     gflops, seconds = flops.peak("float32", n=128, repeats=2, calls=2)
     assert seconds > 0 and gflops == pytest.approx(2 * 128 ** 3 / seconds / 1e9)
+
+
+def test_peak_chains_follow_the_steps_use_of_the_cores():
+    """One chain per core where each op runs on one core (intra-op pool 1), so that the peak
+    is every core's; one chain over the intra-op pool otherwise."""
+    import meta_step
+    assert meta_step.peak_chains((1, 2)) == 2
+    assert meta_step.peak_chains((1, 4)) == 4
+    assert meta_step.peak_chains((2, 2)) == 1
+    assert meta_step.peak_chains((1, 1)) == 1

@@ -55,3 +55,43 @@ def test_own_settings_rows_convert_the_mean_loss_codes_step_sizes():
     values = variants.flags_for("5w1s", reptile["5w1s"], 1000, "/tmp/x", "/tmp/d")
     test = config_from_flags(variants.test_values(values, reptile["5w1s"]))
     assert test.update_batch_size == 1 and config_from_flags(values).update_batch_size == 10
+
+
+FAKE_MAIN = '''
+import json, os, sys
+import numpy as np
+flags = dict(a[2:].split("=", 1) for a in sys.argv[1:])
+n, per = int(flags["metatrain_iterations"]), 0.6 * int(flags["num_updates"])
+steps = [50.0, 50.0, 50.0] + [per] * (n - 3)  # three tracing iterations, then the step
+ends = np.cumsum(steps)
+np.save(flags["step_times"], np.stack([np.arange(n), ends, np.zeros(n)], 1))
+with open(flags["step_times"] + ".json", "w") as f:
+    json.dump({"cpus": sorted(os.sched_getaffinity(0)), "autotune": os.environ.get("MAML_TF_AUTOTUNE")}, f)
+'''
+
+
+def test_cost_times_each_row_on_its_own_core(monkeypatch, tmp_path):
+    """--cost: each row runs main.py with its own flags, pinned to one of the given cores, without
+    the autotuner's trials; the table reads the median iteration after the three tracing ones
+    from the step times main.py writes, and its ratio to the configuration's first row."""
+    import json
+    fake = tmp_path / "fake_main.py"
+    fake.write_text(FAKE_MAIN)
+    monkeypatch.setattr(variants, "python_main", lambda: [sys.executable, str(fake)])
+    monkeypatch.setitem(variants.ROWS, "toy", [
+        ("one step", {"5w1s": {}}, {"5w1s": None}),
+        ("four steps", {"5w1s": dict(num_updates=4)}, {"5w1s": None}),
+        ("ten steps, a tenth of the budget", {"5w1s": dict(num_updates=10, _length="10%")}, {"5w1s": None}),
+    ])
+    text = variants.cost("toy", 8, {"5w1s": 1000}, str(tmp_path / "cost"), str(tmp_path / "data"), [0, 0])
+    rows = [line.split(" | ") for line in text.splitlines()[2:] if line.startswith("| ")]
+    assert text.splitlines()[-1].startswith("CPU: ")  # every speed figure names its CPU
+    assert [r[0].lstrip("| ") for r in rows] == ["one step", "four steps", "ten steps, a tenth of the budget"]
+    assert [r[2] for r in rows] == ["0.6 s", "2.4 s", "6 s"]  # the tracing iterations left out
+    assert [r[3] for r in rows] == ["1.00", "4.00", "10.00"]
+    assert [r[4] for r in rows] == ["1000", "1000", "100"]
+    assert [r[5].rstrip(" |") for r in rows] == ["10 min", "40 min", "10 min"]
+    side = sorted((tmp_path / "cost").rglob("*.npy.json"))
+    assert len(side) == 3
+    for path in side:
+        assert json.loads(path.read_text()) == {"cpus": [0], "autotune": "0"}

@@ -355,8 +355,9 @@ def _path_name(opt):
 
 
 def _choose(spec, settings, shapes, task_mode, jit_compile, out, steps):
-    """:func:`choose`'s (task_mode, jit_compile) and the chosen path's measured seconds
-    per step (None where nothing was measured: a single candidate, autotuning off)."""
+    """:func:`choose`'s (task_mode, jit_compile) and the chosen path's seconds per step
+    as this call measured them (None where it measured nothing: a single candidate,
+    autotuning off, or the choice read from the cache)."""
     from maml_tf.runtime import import_tensorflow
     tf = import_tensorflow()
     options = candidates(spec, tf, task_mode, jit_compile)
@@ -368,8 +369,7 @@ def _choose(spec, settings, shapes, task_mode, jit_compile, out, steps):
     machine, sig = _machine_key(tf), _signature(spec, settings, shapes)
     entry = _read_cache().get(machine, {}).get(sig)
     if entry is not None and tuple(entry["choice"]) in options:
-        best = tuple(entry["choice"])
-        return best, entry["seconds"].get(_path_name(best))
+        return tuple(entry["choice"]), None
     timings = measure_all(spec, settings, shapes, options, steps=steps)
     best = min(timings, key=timings.get)
     _store(machine, sig, {
@@ -448,10 +448,12 @@ def _trial_main(payload):
     spec, shapes, settings = network_spec(cfg), input_shapes(cfg), step_settings(cfg)
     configure_threads(spec)  # as the run will: MAML_TF_THREAD_SPLIT from this child's environment
     task_mode = None if cfg.task_mode == "auto" else cfg.task_mode
-    best, _ = _choose(spec, settings, shapes, task_mode, cfg.xla, None, None)
-    # Timed now, also where the path came from the cache: both children of a trial are
-    # measured minutes apart at most, not one of them in an earlier session.
-    seconds = measure(spec, settings, shapes, *best)
+    best, seconds = _choose(spec, settings, shapes, task_mode, cfg.xla, None, None)
+    if seconds is None:
+        # The path came from the cache (or was the only one): time it now, so that both
+        # children of a trial are measured minutes apart at most, not one of them in an
+        # earlier session.  A path measured just now is not timed twice.
+        seconds = measure(spec, settings, shapes, *best)
     print(json.dumps({"choice": list(best), "seconds": seconds}), flush=True)
 
 

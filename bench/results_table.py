@@ -69,17 +69,8 @@ def peak_table(paths):
 def main(paths):
     if paths and paths[0] == "--peak":
         return peak_table(paths[1:])
-    rows = []
-    for path in paths:
-        with open(path) as f:
-            for line in f:
-                line = line.strip()
-                if line.startswith("{"):
-                    d = json.loads(line)
-                    if d.get("summary") is True:  # bench/main_speed.py's summaries name the config instead
-                        rows.append(d)
-    rows.sort(key=lambda d: (ORDER.index(d["config"]) if d["config"] in ORDER else 99,
-                             d["first_order"]))
+    # bench/main_speed.py's summaries name the config instead
+    rows = _lines(paths, lambda d: d.get("summary") is True)
     cpus = sorted({f"{d['cpu']['model']}{' [' + d['cpu']['id'] + ']' if d['cpu'].get('id') else ''} "
                    f"({', '.join(d['cpu']['extensions'])}), {d['cpu']['cpus']} CPUs"
                    for d in rows if "cpu" in d})

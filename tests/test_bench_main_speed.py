@@ -110,3 +110,33 @@ def test_results_table_reads_compare_lines_beside_main_speed_lines(tmp_path, cap
     assert "[family 6 model 167 stepping 1]" in out
     rows = [line for line in out.splitlines() if line.startswith("| omniglot5w1s")]
     assert len(rows) == 1 and "**0.60** (torch:vmap)" in rows[0] and "60 ms" in rows[0]
+
+
+def test_results_table_peak_rows_from_every_maml_tf_line(tmp_path, capsys):
+    """--peak: one row per maml-tf line, ordered by configuration then order, the elementwise
+    share and the percent recomputed from the line's own work and peak; (*) only where the peak
+    was one core's against a step whose ops may run on more (lines without peak_chains)."""
+    import results_table
+
+    def line(config, first_order, threads, chains, sec, products, total, peak):
+        d = {"stack": "maml-tf", "config": config, "first_order": first_order, "tasks": "loop",
+             "xla": False, "sec_per_iter_median": sec, "product_flops_per_step": products,
+             "flops_per_step": total, "product_gflops_per_s": products / sec / 1e9,
+             "peak_gflops": peak, "percent_of_peak": 100 * products / sec / 1e9 / peak,
+             "tf_intra_inter_threads": threads}
+        if chains is not None:
+            d["peak_chains"] = chains
+        return d
+    lines = [line("omniglot20w1s", False, [1, 2], 2, 0.5, 80e9, 82e9, 400.0),
+             line("omniglot5w1s", True, [1, 2], None, 0.04, 5e9, 5.1e9, 250.0),
+             line("omniglot5w1s", False, [2, 2], 1, 0.1, 10e9, 10.2e9, 500.0),
+             {"summary": True, "config": "omniglot5w1s"}, {"stack": "torch.func", "config": "omniglot5w1s"}]
+    path = tmp_path / "peak.jsonl"
+    path.write_text("\n".join(json.dumps(d) for d in lines) + "\n")
+    results_table.main(["--peak", str(path)])
+    rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| omniglot")]
+    assert [r.split(" | ")[:2] for r in rows] == [["| omniglot5w1s", "2nd"], ["| omniglot5w1s", "1st"],
+                                                  ["| omniglot20w1s", "2nd"]]
+    assert rows[0].endswith("| 10 GFLOP | 2.0% | 100.0 GFLOP/s | 500 GFLOP/s | 20% |")
+    assert rows[1].endswith("| 250 GFLOP/s (*) | 50% |")  # one core's peak, an older line
+    assert rows[2].endswith("| 80 GFLOP | 2.4% | 160.0 GFLOP/s | 400 GFLOP/s | 40% |")

@@ -208,14 +208,15 @@ def analytic_products(spec, support, query, num_updates):
 
 # ------------------------------------------------------------------------------ the peak
 def peak(dtype="float32", n=2048, repeats=8, calls=5, chains=1):
-    """(GFLOP/s, seconds per product): the best rate of [n, n] x [n, n] products in ``dtype``,
+    """(GFLOP/s, seconds per product step): the best rate of [n, n] x [n, n] products in ``dtype``,
     ``repeats`` products chained inside one compiled call (so the call's overhead is spread),
     best of ``calls`` calls after one warm-up call.  Run with the threads the step runs with.
 
     ``chains``: independent chains in the same call, which TensorFlow's inter-op pool runs
     side by side.  A step whose ops run on one core each (intra-op pool 1) uses the cores
     by running ops side by side, and one chain would measure one core's peak against the
-    work of all of them: give it one chain per core (``meta_step.peak_chains``)."""
+    work of all of them: give it one chain per core (``meta_step.peak_chains``).  The seconds
+    are those of one product step: ``chains`` products side by side."""
     import numpy as np
     import tensorflow as tf
     rng = np.random.default_rng(0)

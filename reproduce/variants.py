@@ -23,9 +23,9 @@ docs/methods.md, with its schedules scaled to the budget.  ``precision``: MAML w
 ``--cost N``: instead of the table, what each row costs here: every row trains ``N``
 iterations with its own flags (``main.py --step_times``; its schedules scaled to ``N``,
 so a row's multi-step loss or first-order phase covers the same share of them), one
-row per core at a time, each ``main.py`` pinned to one of ``--cores``, with the static
-default path (``MAML_TF_AUTOTUNE=0``: no timing trials, the same path for every row);
-the table gives the median seconds of an iteration after the first three (tracing),
+row per core at a time, each ``main.py`` pinned to one of ``--cores`` (``taskset``), with
+the static default path (``MAML_TF_AUTOTUNE=0``: no timing trials, the same path for every
+row); the table gives the median seconds of an iteration from the fifth on (tracing),
 the ratio to the table's first row on the same configuration, and the training time
 the budget would take on one core.  A benchmark: run it with nothing else on the cores.
 """
@@ -244,12 +244,12 @@ def table(name, iterations, logroot, data_dir, run, configs=tuple(BASE)):
 def cost(name, iterations, budget, logroot, data_dir, cores):
     """Each row's seconds per iteration (see the module docstring): the markdown table."""
     jobs, logroot = [], os.path.join(logroot, time.strftime("%Y%m%d-%H%M%S"))  # a fresh folder each time
-    for row, extras, _ in ROWS[name]:
+    for index, (row, extras, _) in enumerate(ROWS[name]):
         for config, extra in extras.items():
             values = flags_for(config, extra, iterations, logroot, data_dir)
             values["logdir"] = os.path.join(logroot, f"{len(jobs):02d}-{config}")
             values["step_times"] = values["logdir"] + ".npy"
-            jobs.append(dict(row=row, config=config, values=values,
+            jobs.append(dict(row=row, first=index == 0, config=config, values=values, ok=False,
                              budget=row_iterations(extra, budget[config])))
     log = os.path.join(logroot, f"{name}-cost.log")
     os.makedirs(logroot, exist_ok=True)
@@ -262,19 +262,23 @@ def cost(name, iterations, budget, logroot, data_dir, cores):
                 if not todo:
                     return
                 job = todo.pop(0)
-            cmd = _cmd(job["values"])
+            cmd = ["taskset", "-c", str(core), *_cmd(job["values"])]  # pinned from its start
             print(f"[core {core}] $ " + " ".join(cmd), flush=True)
             t0 = time.time()
             with lock, open(log, "a") as f:
                 f.write(f"[core {core}] $ {' '.join(cmd)}\n")
-            r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO, env=env,
-                               text=True, preexec_fn=lambda: os.sched_setaffinity(0, {core}))
+            try:
+                r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO, env=env,
+                                   text=True)
+                output, code = r.stdout, r.returncode
+            except OSError as e:
+                output, code = f"{e}\n", None
             with lock, open(log, "a") as f:
-                f.write(r.stdout)
+                f.write(output)
             job["seconds"] = time.time() - t0
-            job["ok"] = r.returncode == 0 and os.path.exists(job["values"]["step_times"])
+            job["ok"] = code == 0 and os.path.exists(job["values"]["step_times"])
             if not job["ok"]:
-                print(f"[core {core}] failed (exit {r.returncode}): see {log}", flush=True)
+                print(f"[core {core}] failed (exit {code}): see {log}", flush=True)
 
     threads = [threading.Thread(target=lane, args=(c,)) for c in cores]
     for t in threads:
@@ -286,18 +290,23 @@ def cost(name, iterations, budget, logroot, data_dir, cores):
     cpu = cpu_description()
     lines = [f"| {name} row | config | s / iteration, one core | x the first row | budget iterations | "
              "training at the budget, one core |", "|---|---|---|---|---|---|"]
-    first = {}
+    for job in jobs:
+        if job["ok"]:
+            # main.py's step times are each iteration's end: diff k is iteration k + 1's time.
+            # Iterations 1-3 trace (and iteration 0 has no start): the median from the fifth on.
+            ends = np.load(job["values"]["step_times"])[:, 1]
+            job["per"] = statistics.median(np.diff(ends)[3:])
+    base = {job["config"]: job.get("per") for job in jobs if job["first"]}
     records = []
     for job in jobs:
         if not job["ok"]:
             lines.append(f"| {job['row']} | {job['config']} | failed (see {log}) | | | |")
             continue
-        ends = np.load(job["values"]["step_times"])[:, 1]
-        per = statistics.median(np.diff(ends)[3:]) if len(ends) > 4 else float("nan")
-        base = first.setdefault(job["config"], per)
+        per = job["per"]
+        ratio = f"{per / base[job['config']]:.2f}" if base.get(job["config"]) else "n/a (the first row failed)"
         hours = per * job["budget"] / 3600
         took = f"{hours:.1f} h" if hours >= 1 else f"{hours * 60:.0f} min"
-        lines.append(f"| {job['row']} | {job['config']} | {per:.3g} s | {per / base:.2f} | {job['budget']} | {took} |")
+        lines.append(f"| {job['row']} | {job['config']} | {per:.3g} s | {ratio} | {job['budget']} | {took} |")
         records.append({"row": job["row"], "config": job["config"], "sec_per_iter_median": per,
                         "iterations": iterations, "budget": job["budget"], "flags": job["values"],
                         "wall_s": round(job["seconds"], 1), "cpu": cpu, "static_path": True})
@@ -330,6 +339,10 @@ def main():
     if args.cost:
         if args.cost < 6:
             p.error(f"--cost {args.cost}: too few iterations to time (the first three trace); give 6 or more")
+        import shutil
+        if shutil.which("taskset") is None:
+            p.error("--cost pins each row to a core with taskset (Linux, util-linux), which is not on PATH: "
+                    "install util-linux")
         cores = args.cores or sorted(os.sched_getaffinity(0))
         print(cost(args.table, args.cost, iterations, logroot + "-cost", args.data_dir, cores))
         return

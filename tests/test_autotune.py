@@ -57,6 +57,23 @@ def test_choose_gives_seconds_only_where_it_measured_them_now(cache, monkeypatch
     assert autotune._choose(spec, SETTINGS, shapes, "batched", False, None, None) == (("batched", False), None)
 
 
+def test_trial_child_times_its_path_only_where_the_choice_did_not(monkeypatch, capsys):
+    """_trial_main reports the seconds the choice measured just now; a path that came from the
+    cache (seconds None) is timed now, once."""
+    timed = []
+    monkeypatch.setattr(autotune, "measure", lambda spec, settings, shapes, mode, xla, steps=None:
+                        timed.append((mode, xla)) or 0.5)
+    payload = json.dumps(dict(datasource="sinusoid", norm="None", meta_batch_size=4, update_batch_size=5))
+    monkeypatch.setattr(autotune, "_choose", lambda *a: (("loop", True), 0.25))
+    autotune._trial_main(payload)
+    assert json.loads(capsys.readouterr().out.splitlines()[-1]) == {"choice": ["loop", True], "seconds": 0.25}
+    assert timed == []
+    monkeypatch.setattr(autotune, "_choose", lambda *a: (("batched", False), None))
+    autotune._trial_main(payload)
+    assert json.loads(capsys.readouterr().out.splitlines()[-1]) == {"choice": ["batched", False], "seconds": 0.5}
+    assert timed == [("batched", False)]
+
+
 def test_another_cpu_generation_with_the_same_name_is_measured_afresh(cache, monkeypatch):
     """Virtual machines show one model name ("Intel(R) Xeon(R) Processor") for different
     generations: the family/model/stepping numbers are part of the cache key, so a choice

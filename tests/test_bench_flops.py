@@ -123,6 +123,12 @@ def test_peak_is_a_rate_of_the_product_it_times():
     assert seconds > 0 and gflops == pytest.approx(2 * 128 ** 3 / seconds / 1e9)
 
 
+def test_peak_counts_every_chain_it_runs_side_by_side():
+    """Two chains in one call: the rate is both chains' work over the time of one product step."""
+    gflops, seconds = flops.peak("float32", n=128, repeats=2, calls=2, chains=2)
+    assert seconds > 0 and gflops == pytest.approx(2 * 2 * 128 ** 3 / seconds / 1e9)
+
+
 def test_peak_chains_follow_the_steps_use_of_the_cores():
     """One chain per core where each op runs on one core (intra-op pool 1), so that the peak
     is every core's; one chain over the intra-op pool otherwise."""

@@ -114,8 +114,9 @@ def test_results_table_reads_compare_lines_beside_main_speed_lines(tmp_path, cap
 
 def test_results_table_peak_rows_from_every_maml_tf_line(tmp_path, capsys):
     """--peak: one row per maml-tf line, ordered by configuration then order, the elementwise
-    share and the percent recomputed from the line's own work and peak; (*) only where the peak
-    was one core's against a step whose ops may run on more (lines without peak_chains)."""
+    share computed from the line's two counts, its rate, peak and percent as it gives them; (*)
+    only where the peak was one core's against a step whose ops may run on more (lines without
+    peak_chains)."""
     import results_table
 
     def line(config, first_order, threads, chains, sec, products, total, peak):

@@ -1,5 +1,6 @@
 """reproduce/variants.py: every budget row, in every table, is a valid main.py run whose test
 finds its training run, and reads a column the test CSV has."""
+import os
 import pathlib
 import sys
 
@@ -83,7 +84,8 @@ def test_cost_times_each_row_on_its_own_core(monkeypatch, tmp_path):
         ("four steps", {"5w1s": dict(num_updates=4)}, {"5w1s": None}),
         ("ten steps, a tenth of the budget", {"5w1s": dict(num_updates=10, _length="10%")}, {"5w1s": None}),
     ])
-    text = variants.cost("toy", 8, {"5w1s": 1000}, str(tmp_path / "cost"), str(tmp_path / "data"), [0, 0])
+    core = sorted(os.sched_getaffinity(0))[0]
+    text = variants.cost("toy", 8, {"5w1s": 1000}, str(tmp_path / "cost"), str(tmp_path / "data"), [core, core])
     rows = [line.split(" | ") for line in text.splitlines()[2:] if line.startswith("| ")]
     assert text.splitlines()[-1].startswith("CPU: ")  # every speed figure names its CPU
     assert [r[0].lstrip("| ") for r in rows] == ["one step", "four steps", "ten steps, a tenth of the budget"]
@@ -94,4 +96,4 @@ def test_cost_times_each_row_on_its_own_core(monkeypatch, tmp_path):
     side = sorted((tmp_path / "cost").rglob("*.npy.json"))
     assert len(side) == 3
     for path in side:
-        assert json.loads(path.read_text()) == {"cpus": [0], "autotune": "0"}
+        assert json.loads(path.read_text()) == {"cpus": [core], "autotune": "0"}

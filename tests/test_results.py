@@ -291,6 +291,20 @@ def test_run_py_trains_selects_tests_and_records(tmp_path):
     assert "| Sinusoid, MAML, K=5 |" in r.stdout and "**budget** (200 of 70,000 itr)" in r.stdout
 
 
+def test_run_py_skip_test_trains_only_and_succeeds(tmp_path):
+    """--skip_test: the run is trained and nothing is tested or recorded; that is success,
+    not an error about a test CSV that nobody asked for."""
+    logroot = tmp_path / "logs"
+    r = _run_py("--experiment", "sinusoid-maml-k5", "--iterations", "20", "--skip_test",
+                "--logroot", str(logroot), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "trained, not tested (--skip_test)" in r.stdout and "was not written" not in r.stderr
+    cfg = BY_NAME["sinusoid-maml-k5"].config(budget=True, logroot=str(logroot),
+                                             extra=[("metatrain_iterations", 20)])
+    assert results.latest_checkpoint_iteration(cfg.exp_dir) == 19
+    assert not os.path.exists(cfg.test_csv_path) and not os.path.exists(results.manifest_path(cfg.test_csv_path))
+
+
 def test_run_py_train_stops_cleanly_on_time_or_signal():
     """_run: --stop_after sends main.py's stop signal, and the child's 128 + SIGTERM exit
     is a clean stop; a child that ends by itself is not 'stopped'."""

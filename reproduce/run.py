@@ -11,7 +11,8 @@ NAME may be a shell pattern ('sinusoid-*', 'omniglot-5way-*'); --experiment repe
 For each experiment: the training command (skipped by --skip_train, and a no-op
 when the run's folder already holds all its iterations: training resumes), with
 --select the model selection on the meta-validation set
-(python -m maml_tf.paper.select_checkpoint) and then the test of the best iteration
+(python -m maml_tf.paper.select_checkpoint: 200 tasks, the paper's column, every
+saved checkpoint) and then the test of the best iteration
 (--test_iter), else the test of the newest checkpoint; then a record
 ``<csv stem>.reproduce.json`` beside the test CSV (experiment, full/budget,
 commands, iterations, tested checkpoint, wall times) that
@@ -34,7 +35,11 @@ newest full state back into DIR (with --skip_train: the log folder's, as it is).
 The training stops, saving its state as main.py does on SIGTERM, after
 --stop_after minutes or when this script gets SIGTERM or SIGINT; a run stopped
 short of its length is then tested at its newest checkpoint (no selection) and
-recorded as such, and the same command continues it.  Several --experiment run
+recorded as such, and the same command continues it.  With --select, the
+stretch's checkpoints are first scored on the meta-validation split (the
+selection's settings) and the scores saved in DIR with the state, beside the
+files of the best one so far: the selection at the run's end sees every saved
+iteration of every stretch, though each machine kept only its own.  Several --experiment run
 one after the other (a queue for one core: a row's first-order twin after it);
 a stop holds for the whole command.
 """
@@ -204,14 +209,19 @@ def _model_files(exp_dir, itr):
     return sorted(names, key=lambda n: n.endswith(".index"))
 
 
+def _complete_files(folder, itr):
+    """model<itr>'s files in ``folder`` if its index and data are both there, else []."""
+    names = _model_files(folder, itr)
+    return names if f"model{itr}.index" in names and len(names) > 1 else []
+
+
 def indexed_iteration(folder):
     """The iteration the ``checkpoint`` index names, if its files are there (what main.py
     resumes from: it reads the index alone), or None."""
     itr = results.indexed_checkpoint(folder)
     if itr is None:
         return None
-    names = _model_files(folder, itr)
-    return itr if f"model{itr}.index" in names and len(names) > 1 else None
+    return itr if _complete_files(folder, itr) else None
 
 
 def _copy(src, dst):
@@ -248,27 +258,53 @@ def restore_state(saved, exp_dir):
     return got
 
 
-def save_state(exp_dir, saved):
+SELECT_TASKS = 200  # validation tasks per checkpoint (--num_test_tasks N: N), as the 5-way 1-shot rows
+LEDGER = "model_selection.json"  # the validation scores of every checkpoint scored so far
+
+
+def ledger_best(folder):
+    """The iteration ``folder``'s model_selection.json names best, or None."""
+    try:
+        with open(os.path.join(folder, LEDGER)) as f:
+            return int(json.load(f)["best_iteration"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def save_state(exp_dir, saved, ledger=False):
     """Save the newest full state of ``exp_dir`` into ``saved`` unless ``saved`` already holds
     one as far or further: that checkpoint's files with a checkpoint index naming it alone
     (older saved checkpoints removed), every summary events file and val/; returns the
-    iteration saved (None: nothing newer to save, ``saved`` untouched)."""
+    iteration saved (None: nothing newer to save, ``saved`` untouched).
+
+    With ``ledger``, exp_dir's model_selection.json (the validation scores so far) goes
+    with it (also into a ``saved`` that holds the same iteration). The files of the checkpoint the saved model_selection.json names best are
+    kept beside the newest, so that the selection at the run's end can test it wherever
+    the earlier stretches ran."""
     itr = indexed_iteration(exp_dir)
     if itr is None:
         return None
     there = indexed_iteration(saved)
-    if there is not None and there >= itr:
+    if there is not None and (there > itr or there == itr and not ledger):
         print(f"--resume: {saved} already holds model{there}, as far as {exp_dir}'s model{itr}: "
               f"left as it is", flush=True)
         return None
     os.makedirs(saved, exist_ok=True)
-    # New files first, then the index naming them, then the old checkpoint's files: at every
-    # moment the index names a checkpoint whose files are all there.
-    keep = _model_files(exp_dir, itr)
-    for name in keep + [f for f in os.listdir(exp_dir) if f.startswith("events.out.tfevents.")]:
+    # New files first, then the scores and the index naming them, then the old checkpoints'
+    # files: at every moment the index and the scores name checkpoints whose files are there.
+    best = ledger_best(exp_dir) if ledger else ledger_best(saved)
+    copy = _model_files(exp_dir, itr)
+    keep = set(copy)
+    if best is not None and best != itr:
+        here = _complete_files(exp_dir, best)
+        copy += here
+        keep |= set(here or _complete_files(saved, best))  # in the log folder, or saved before
+    for name in copy + [f for f in os.listdir(exp_dir) if f.startswith("events.out.tfevents.")]:
         _copy(os.path.join(exp_dir, name), os.path.join(saved, name))
     if os.path.isdir(os.path.join(exp_dir, "val")):
         shutil.copytree(os.path.join(exp_dir, "val"), os.path.join(saved, "val"), dirs_exist_ok=True)
+    if ledger:
+        _copy(os.path.join(exp_dir, LEDGER), os.path.join(saved, LEDGER))
     tmp = os.path.join(saved, "checkpoint.tmp")
     with open(tmp, "w") as f:
         f.write(f'model_checkpoint_path: "model{itr}"\nall_model_checkpoint_paths: "model{itr}"\n')
@@ -286,6 +322,34 @@ def _done(e, test_cfg, length):
             and "(selected)" in str(rec.get("tested_checkpoint", "")):
         return rec
     return None
+
+
+def _selection_cmd(e, train_cmd, args, saved):
+    """select_checkpoint over the run's checkpoints at the paper's column, adding the scores
+    saved by earlier stretches (``saved``/model_selection.json) where there are any."""
+    tasks = SELECT_TASKS if args.num_test_tasks is None else args.num_test_tasks
+    cmd = [sys.executable, "-m", "maml_tf.paper.select_checkpoint"] + train_cmd[2:] + [
+        f"--column={e.columns[-1]}", f"--num_tasks={tasks}"]
+    if saved and os.path.exists(os.path.join(saved, LEDGER)):
+        cmd.append(f"--scored={os.path.join(saved, LEDGER)}")
+    return cmd
+
+
+def _score_stretch(e, train_cmd, args, saved, mark):
+    """Score the checkpoints of the stretch that just stopped on the meta-validation split (the
+    selection's settings; the ones scored before are read from ``saved``), so that the selection
+    at the run's end sees every saved iteration though only the newest state and the best one's
+    files travel in ``saved``. Returns whether the scores were written (a failure is said, and
+    the state is saved without them)."""
+    print(f"{e.name}: scoring this stretch's checkpoints on the meta-validation split, for the "
+          f"selection at the end", flush=True)
+    rc, wall, stopped = _run(_selection_cmd(e, train_cmd, args, saved), False, since=mark)
+    if rc or stopped:
+        print(f"{e.name}: scoring the checkpoints {'stopped' if stopped else f'failed (exit {rc})'}: "
+              f"the state is saved without their scores; the run's end scores what is on disk then",
+              file=sys.stderr, flush=True)
+        return False
+    return True
 
 
 def run_experiment(e, args, extra):
@@ -343,7 +407,11 @@ def run_experiment(e, args, extra):
         reached = indexed_iteration(train_cfg.exp_dir)
         length = train_cfg.total_iterations
         short = reached is None or reached + 1 < length
-        if saved and reached is not None and save_state(train_cfg.exp_dir, saved) is not None:
+        scored = False
+        if saved and args.select and short and reached is not None \
+                and (indexed_iteration(saved) or -1) <= reached:
+            scored = _score_stretch(e, train_cmd, args, saved, mark)
+        if saved and reached is not None and save_state(train_cfg.exp_dir, saved, ledger=scored) is not None:
             print(f"--resume: saved model{reached} (the full state) into {saved}", flush=True)
         if stopped and short:
             print(f"{e.name}: stopped at iteration {reached + 1 if reached is not None else 0:,} of "
@@ -357,11 +425,7 @@ def run_experiment(e, args, extra):
         record["train_command"] = experiments.shell_join(e.command(**kw))
     test_extra = []
     if args.select and e.trains and not short:
-        sel_flags = [a for a in train_cmd[2:]] + [f"--column={e.columns[-1]}"]
-        if args.num_test_tasks is not None:
-            sel_flags.append(f"--num_tasks={args.num_test_tasks}")
-        rc, wall, stopped = _run([sys.executable, "-m", "maml_tf.paper.select_checkpoint"] + sel_flags,
-                                 args.dry_run, since=mark)
+        rc, wall, stopped = _run(_selection_cmd(e, train_cmd, args, saved), args.dry_run, since=mark)
         if stopped:
             print(f"{e.name}: stopped during model selection; the same command selects again", flush=True)
             return 0
@@ -370,8 +434,10 @@ def run_experiment(e, args, extra):
             return rc
         record["select_wall_s"] = round(wall, 1)
         if not args.dry_run:
-            with open(os.path.join(cfg.exp_dir, "model_selection.json")) as f:
-                best = json.load(f)["best_iteration"]
+            best = ledger_best(cfg.exp_dir)
+            if saved and not _complete_files(cfg.exp_dir, best):  # scored in an earlier stretch, kept in saved
+                for name in _complete_files(saved, best):
+                    _copy(os.path.join(saved, name), os.path.join(cfg.exp_dir, name))
             test_extra.append(("test_iter", best))
             record["selected_on"] = "meta-validation"
     test_cmd = e.command(python=sys.executable, main=MAIN, test=True,
@@ -392,7 +458,7 @@ def run_experiment(e, args, extra):
     test_cfg = e.config(test=True, **{**kw, "extra": overrides + test_extra})
     csv_path = test_cfg.test_csv_path
     if args.skip_test and not os.path.exists(csv_path):
-        print(f"{e.name}: trained, not tested (--skip_test)", flush=True)
+        print(f"{e.name}: {'' if args.skip_train else 'trained, '}not tested (--skip_test)", flush=True)
         return 0
     if not os.path.exists(csv_path):
         print(f"error: {csv_path} was not written", file=sys.stderr)

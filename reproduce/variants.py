@@ -338,7 +338,8 @@ def main():
     logroot = os.path.abspath(os.path.join(args.logroot, args.table))
     if args.cost:
         if args.cost < 6:
-            p.error(f"--cost {args.cost}: too few iterations to time (the first three trace); give 6 or more")
+            p.error(f"--cost {args.cost}: too few iterations to time (iterations 1-3 trace and iteration 0 "
+                    "has no start, so the median is over iteration 4 on); give 6 or more")
         import shutil
         if shutil.which("taskset") is None:
             p.error("--cost pins each row to a core with taskset (Linux, util-linux), which is not on PATH: "

@@ -351,27 +351,40 @@ def test_run_py_resume_saves_the_state_and_the_same_command_continues(tmp_path):
     stopped_at = results.latest_checkpoint_iteration(cfg.exp_dir)
     assert stopped_at + 1 < 20000, "the run finished before the signal: nothing was tested"
     assert f"stopped at iteration {stopped_at + 1:,} of 20,000" in out
-    assert "no model selection" in out and "model_selection.json" not in os.listdir(cfg.exp_dir)
+    assert "no model selection" in out and "scoring this stretch's checkpoints" in out
+    # the stretch's checkpoints scored on the validation split, the scores saved with the state
+    with open(saved / "model_selection.json") as f:
+        first = json.load(f)
+    on_disk = sorted(f"model{i}" for i in results.checkpoint_iterations(cfg.exp_dir))
+    assert sorted(first["results"]) == on_disk and len(on_disk) >= 2
+    first_best = first["best_iteration"]
     assert "=== sinusoid-maml-k10" not in out
     with open(results.manifest_path(test_csv)) as f:
         rec = json.load(f)
     assert rec["tested_checkpoint"] == f"model{stopped_at}" and rec["iterations"] == stopped_at + 1
-    # the saved state: that checkpoint alone, named by its index, and the summaries
+    # the saved state: that checkpoint, named by its index, the best-scored one's files, the summaries
     assert results.latest_checkpoint_iteration(str(saved)) == stopped_at
-    assert sorted(f for f in os.listdir(saved) if f.startswith("model")) == sorted(
-        f for f in os.listdir(cfg.exp_dir) if f.startswith(f"model{stopped_at}."))
+    assert sorted(f for f in os.listdir(saved) if f.startswith("model") and "selection" not in f) == sorted(
+        f for f in os.listdir(cfg.exp_dir) if f.startswith((f"model{stopped_at}.", f"model{first_best}.")))
     assert any(f.startswith("events.out.tfevents.") for f in os.listdir(saved))
     shutil.rmtree(logroot)  # another machine: only the saved state travels
     r = _run_py(*args, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"restored model{stopped_at}" in r.stdout and f"resuming at iteration {stopped_at + 1}" in r.stdout
     with open(os.path.join(cfg.exp_dir, "model_selection.json")) as f:
-        best = json.load(f)["best_iteration"]
+        final = json.load(f)
+    best = final["best_iteration"]
+    # the selection saw every saved iteration: the first stretch's scored before (their files gone)
+    assert set(first["results"]) < set(final["results"])
+    assert all(final["results"][k] == v for k, v in first["results"].items())
+    assert r.stdout.count("(scored before)") == len(first["results"])
+    assert {f"model{i}" for i in results.checkpoint_iterations(cfg.exp_dir)} <= set(final["results"])
     with open(results.manifest_path(test_csv)) as f:
         rec = json.load(f)
     assert rec["iterations"] == 20000 and rec["tested_checkpoint"] == f"model{best} (selected)"
+    assert os.path.exists(os.path.join(cfg.exp_dir, f"model{best}.index"))
     assert results.latest_checkpoint_iteration(str(saved)) == 19999
-    assert len([f for f in os.listdir(saved) if f.endswith(".index")]) == 1
+    assert {f for f in os.listdir(saved) if f.endswith(".index")} == {"model19999.index", f"model{first_best}.index"}
     # Done (full length, selected, tested): the same command skips it and says so.
     r = _run_py(*args, cwd=tmp_path)
     assert r.returncode == 0 and "done (20,000 iterations" in r.stdout and "skipped" in r.stdout
@@ -406,6 +419,76 @@ def test_run_py_resume_never_moves_a_state_backwards(tmp_path):
     assert run_py.indexed_iteration(str(cut)) is None
     assert run_py.restore_state(str(saved), str(cut)) == 9 and run_py.indexed_iteration(str(cut)) == 9
     assert run_py.main(["--experiment", "sinusoid-maml-k5", "--stop_after", "0"]) == 2
+
+
+def _fake_ledger(folder, best, scored):
+    (folder / "model_selection.json").write_text(json.dumps(
+        {"best_iteration": best, "column": 1, "metric": "accuracy", "split": "val", "num_tasks": 5, "seed": 2,
+         "results": {f"model{i}": [0.5, 0.1] for i in scored}}))
+
+
+def test_run_py_save_state_keeps_the_best_scored_checkpoint_beside_the_newest(tmp_path):
+    """The saved state holds the newest checkpoint and the files of the one its scores name best
+    (the selection at the run's end tests it wherever it was trained); a newer best replaces it,
+    and a stretch saved without scores keeps the saved scores' best."""
+    run_py = _load_run_py()
+    saved, exp_dir = tmp_path / "saved", tmp_path / "run"
+    for itr in (1000, 2000, 2500):
+        _fake_state(exp_dir, itr)
+    _fake_ledger(exp_dir, 1000, [1000, 2000, 2500])
+    assert run_py.save_state(str(exp_dir), str(saved), ledger=True) == 2500
+    models = lambda: sorted(f for f in os.listdir(saved) if f.startswith("model") and f.endswith(".index"))
+    assert models() == ["model1000.index", "model2500.index"]
+    assert run_py.ledger_best(str(saved)) == 1000 and run_py.indexed_iteration(str(saved)) == 2500
+    # another machine: only saved travels; the next stretch saved without scores keeps model1000
+    shutil.rmtree(exp_dir)
+    assert run_py.restore_state(str(saved), str(exp_dir)) == 2500
+    assert (exp_dir / "model1000.index").exists()  # restored with the state
+    (exp_dir / "model1000.index").unlink()
+    _fake_state(exp_dir, 3000)
+    assert run_py.save_state(str(exp_dir), str(saved)) == 3000
+    assert models() == ["model1000.index", "model3000.index"]
+    # scores naming a newer best: the old best's files go, after the new ones are there
+    _fake_state(exp_dir, 4000)
+    _fake_ledger(exp_dir, 3000, [1000, 2000, 2500, 3000, 4000])
+    assert run_py.save_state(str(exp_dir), str(saved), ledger=True) == 4000
+    assert models() == ["model3000.index", "model4000.index"] and run_py.ledger_best(str(saved)) == 3000
+    assert (saved / "model3000.data-00000-of-00001").exists()
+    # scores of a state saved already (run.py --skip_train --select): they go in beside it
+    _fake_ledger(exp_dir, 2500, [1000, 2000, 2500, 3000, 4000])
+    assert run_py.save_state(str(exp_dir), str(saved)) is None  # nothing new without scores
+    assert run_py.save_state(str(exp_dir), str(saved), ledger=True) == 4000
+    assert models() == ["model2500.index", "model4000.index"] and run_py.ledger_best(str(saved)) == 2500
+
+
+def test_select_checkpoint_adds_scores_saved_before(tmp_path, capsys):
+    """--scored: the checkpoints an earlier selection scored are not evaluated again and count
+    though their files are gone; scores written with other settings are refused in one line."""
+    from maml_tf.paper import select_checkpoint
+    from maml_tf.run import train
+    logdir = str(tmp_path / "logs")
+    flags = ["--datasource=sinusoid", "--metatrain_iterations=150", "--norm=None", "--update_batch_size=5",
+             "--update_lr=0.01", "--save_interval=100", f"--logdir={logdir}"]
+    values, _ = experiments.parse_flags(flags)
+    train.train(experiments.config_from_flags(values), out=_quiet)
+    exp_dir = Config(**{**values, "train": False}).exp_dir
+    ledger = tmp_path / "earlier.json"
+    ledger.write_text(json.dumps({"best_iteration": 7, "column": 1, "metric": "mse", "split": "val",
+                                  "num_tasks": 10, "seed": 2, "results": {"model7": [1e-6, 1e-7],
+                                                                          "model100": [9.0, 0.5]}}))
+    assert select_checkpoint.main(flags + ["--num_tasks=10", "--column=1", f"--scored={ledger}"]) == 0
+    out = capsys.readouterr().out
+    with open(os.path.join(exp_dir, "model_selection.json")) as f:
+        rec = json.load(f)
+    assert sorted(rec["results"]) == ["model100", "model149", "model7"]
+    assert rec["results"]["model100"] == [9.0, 0.5]  # read, not evaluated again
+    assert rec["results"]["model149"][0] > 1e-6 and rec["best_iteration"] == 7  # model7: no files, still best
+    assert out.count("(scored before)") == 2
+    assert select_checkpoint.main(flags + ["--num_tasks=20", "--column=1", f"--scored={ledger}"]) == 2
+    assert select_checkpoint.main(flags + ["--num_tasks=10", f"--scored={tmp_path / 'none.json'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "was scored with column, tasks, seed, split = (1, 10, 2, 'val')" in err[0] and "(1, 20, 2, 'val')" in err[0]
+    assert "--scored=" in err[1] and "not a readable model_selection.json" in err[1]
 
 
 def test_run_py_stop_reaches_the_commands_children_and_main_pys_own_stop_is_clean():

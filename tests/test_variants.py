@@ -97,3 +97,13 @@ def test_cost_times_each_row_on_its_own_core(monkeypatch, tmp_path):
     assert len(side) == 3
     for path in side:
         assert json.loads(path.read_text()) == {"cpus": [core], "autotune": "0"}
+
+
+def test_cost_too_short_says_which_iterations_are_left_out(monkeypatch, capsys):
+    """--cost N < 6 leaves fewer than two timed iterations: a one-line error naming the four left out."""
+    monkeypatch.setattr(sys, "argv", ["variants.py", "--table", "own", "--cost", "5"])
+    with pytest.raises(SystemExit) as exc:
+        variants.main()
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--cost 5" in err and "iterations 1-3 trace" in err and "iteration 0" in err and "give 6" in err

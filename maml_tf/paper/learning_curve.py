@@ -171,7 +171,8 @@ def main(argv=None):
     sel = curve["selection"]
     if sel:
         best = sel["results"][f"model{sel['best_iteration']}"]
-        line += (f"; best checkpoint model{sel['best_iteration']}: {100 * best[0]:.1f} +- {100 * best[1]:.1f}% "
+        so_far = " so far" if last + 1 < cfg.metatrain_iterations else ""
+        line += (f"; best checkpoint{so_far} model{sel['best_iteration']}: {100 * best[0]:.1f} +- {100 * best[1]:.1f}% "
                  f"({sel['num_tasks']} tasks, {sel['column']} steps)")
     print(line)
     print(f"Wrote {out} and {csv_path}")

@@ -1,7 +1,7 @@
 """Model selection: evaluate every saved checkpoint of a run on the meta-validation set.
 
     python -m maml_tf.paper.select_checkpoint <the training command's main.py flags> \\
-        [--column=N] [--num_tasks=600] [--select_seed=2] [--split=val]
+        [--column=N] [--num_tasks=600] [--select_seed=2] [--split=val] [--scored=PATH]
 
 Finds the run's folder from the flags (as ``main.py --train=False`` does),
 evaluates each ``model<itr>`` checkpoint there on ``--num_tasks`` fixed tasks of
@@ -18,6 +18,11 @@ the run's folder.
 
 Only the checkpoints still on disk are seen: the trainer keeps the newest 10 (as
 the original), so with the default --save_interval=1000 the last 10,000 iterations.
+``--scored=PATH`` adds the scores of an earlier ``model_selection.json`` written
+with the same column, task count, seed and split: the checkpoints it names are
+not evaluated again and need not be on disk (a run trained a stretch at a time
+on machines that keep only its newest state: ``reproduce/run.py --resume`` scores
+each stretch's checkpoints when it stops and keeps the best one's files).
 """
 import csv
 import dataclasses
@@ -51,27 +56,54 @@ class Selection:
         return "\n".join(lines)
 
 
-def select_checkpoint(cfg, column=None, num_tasks=600, seed=2, split="val", out=print):
+def read_scores(path, column, num_tasks, seed, split):
+    """The scores ``{itr: (mean, ci95)}`` in the ``model_selection.json`` at ``path``;
+    a UsageError if it was written with other settings."""
+    try:
+        with open(path) as f:
+            rec = json.load(f)
+        got = (rec["column"], rec["num_tasks"], rec["seed"], rec["split"])
+        scores = {int(k[len("model"):]): tuple(v) for k, v in rec["results"].items()}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"--scored={path}: not a readable model_selection.json ({type(e).__name__}: {e}): "
+                         f"give one that select_checkpoint wrote, or drop --scored") from None
+    want = (column, num_tasks, seed, split)
+    if got != want:
+        raise UsageError(f"--scored={path} was scored with column, tasks, seed, split = {got}, these flags ask "
+                         f"for {want}: give the same --column, --num_tasks, --select_seed, --split, or drop it")
+    return scores
+
+
+def select_checkpoint(cfg, column=None, num_tasks=600, seed=2, split="val", out=print, scored=None):
     """Evaluate every checkpoint of ``cfg``'s run; returns a :class:`Selection`.
 
     ``cfg`` is a test-mode Config (train=False) whose exp_dir is the run's folder.
+    ``scored``: ``{itr: (mean, ci95)}`` known from an earlier selection with the same
+    settings; those checkpoints are not evaluated again (their files may be gone).
     """
     from maml_tf.run.checkpoints import CheckpointManager
     from maml_tf.paper.results import checkpoint_iterations
     from maml_tf.run.train import evaluate_tasks
     from maml_tf.run.model import build_model
 
-    iterations = checkpoint_iterations(cfg.exp_dir)
+    scored = dict(scored or {})
+    on_disk = [itr for itr in checkpoint_iterations(cfg.exp_dir) if itr not in scored]
+    iterations = sorted(set(on_disk) | set(scored))
     if not iterations:
         raise UsageError(f"no checkpoint model<itr> in {cfg.exp_dir}: pass the training command's flags "
                          f"(--logdir and the ones that name the run's folder)")
     column = cfg.eval_num_updates if column is None or column < 0 else column
     if column > cfg.eval_num_updates:
         raise UsageError(f"--column={column}: the evaluation runs {cfg.eval_num_updates} inner steps")
-    model = build_model(cfg)
-    manager = CheckpointManager(cfg.exp_dir, model)
+    model = build_model(cfg) if on_disk else None
+    manager = CheckpointManager(cfg.exp_dir, model) if on_disk else None
     means, cis = [], []
     for itr in iterations:
+        if itr in scored:
+            means.append(scored[itr][0])
+            cis.append(scored[itr][1])
+            out(f"model{itr}: {means[-1]:.4f} ± {cis[-1]:.4f} after {column} steps (scored before)")
+            continue
         t0 = time.time()
         manager.restore(manager.path_for(itr), weights_only=True)
         rows = evaluate_tasks(cfg, model, split, num_tasks=num_tasks, seed=seed)
@@ -108,12 +140,17 @@ def main(argv=None):
     from maml_tf.paper.experiments import config_from_flags, parse_tool_flags
     try:
         values, opts = parse_tool_flags(argv, {"column": (int, -1), "num_tasks": (int, 600),
-                                               "select_seed": (int, 2), "split": (str, "val")})
+                                               "select_seed": (int, 2), "split": (str, "val"),
+                                               "scored": (str, "")})
         if opts["split"] not in ("val", "test", "train"):
             raise UsageError(f"--split={opts['split']}: use val (the meta-validation set)")
         values["train"] = False
         cfg = config_from_flags(values)
-        sel = select_checkpoint(cfg, opts["column"], opts["num_tasks"], opts["select_seed"], opts["split"])
+        column = cfg.eval_num_updates if opts["column"] < 0 else opts["column"]
+        scored = read_scores(opts["scored"], column, opts["num_tasks"], opts["select_seed"],
+                             opts["split"]) if opts["scored"] else None
+        sel = select_checkpoint(cfg, column, opts["num_tasks"], opts["select_seed"], opts["split"],
+                                scored=scored)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

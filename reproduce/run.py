@@ -37,9 +37,10 @@ The training stops, saving its state as main.py does on SIGTERM, after
 short of its length is then tested at its newest checkpoint (no selection) and
 recorded as such, and the same command continues it.  With --select, the
 stretch's checkpoints are first scored on the meta-validation split (the
-selection's settings) and the scores saved in DIR with the state, beside the
+selection's settings) and the scores saved in DIR after the state, beside the
 files of the best one so far: the selection at the run's end sees every saved
-iteration of every stretch, though each machine kept only its own.  Several --experiment run
+iteration of every stretch, though each machine kept only its own
+(--skip_train --select --resume scores a log folder as far as its saved state).  Several --experiment run
 one after the other (a queue for one core: a row's first-order twin after it);
 a stop holds for the whole command.
 """
@@ -58,7 +59,7 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from maml_tf.paper import experiments, results  # noqa: E402
+from maml_tf.paper import experiments, results, select_checkpoint  # noqa: E402
 from maml_tf.run.config import UsageError  # noqa: E402
 
 MAIN = os.path.join(REPO, "main.py")
@@ -278,9 +279,9 @@ def save_state(exp_dir, saved, ledger=False):
     iteration saved (None: nothing newer to save, ``saved`` untouched).
 
     With ``ledger``, exp_dir's model_selection.json (the validation scores so far) goes
-    with it (also into a ``saved`` that holds the same iteration). The files of the checkpoint the saved model_selection.json names best are
-    kept beside the newest, so that the selection at the run's end can test it wherever
-    the earlier stretches ran."""
+    with it, also into a ``saved`` that holds the same iteration. The files of the
+    checkpoint the saved model_selection.json names best are kept beside the newest, so
+    that the selection at the run's end can test it wherever the earlier stretches ran."""
     itr = indexed_iteration(exp_dir)
     if itr is None:
         return None
@@ -330,8 +331,21 @@ def _selection_cmd(e, train_cmd, args, saved):
     tasks = SELECT_TASKS if args.num_test_tasks is None else args.num_test_tasks
     cmd = [sys.executable, "-m", "maml_tf.paper.select_checkpoint"] + train_cmd[2:] + [
         f"--column={e.columns[-1]}", f"--num_tasks={tasks}"]
-    if saved and os.path.exists(os.path.join(saved, LEDGER)):
-        cmd.append(f"--scored={os.path.join(saved, LEDGER)}")
+    ledger = os.path.join(saved, LEDGER) if saved else None
+    if ledger and os.path.exists(ledger):
+        try:
+            with open(ledger) as f:
+                rec = json.load(f)
+            got = (rec["column"], rec["num_tasks"], rec["seed"], rec["split"])
+        except (OSError, ValueError, KeyError, TypeError):
+            got = None
+        want = (e.columns[-1], tasks, select_checkpoint.SEED, "val")
+        if got == want:
+            cmd.append(f"--scored={ledger}")
+        else:
+            print(f"--resume: the scores in {ledger} were taken with (column, tasks, seed, split) = {got}, "
+                  f"this command's are {want}: scoring without them (the selection "
+                  f"sees the checkpoints on disk only; give the same --num_test_tasks to use them)", flush=True)
     return cmd
 
 
@@ -407,18 +421,20 @@ def run_experiment(e, args, extra):
         reached = indexed_iteration(train_cfg.exp_dir)
         length = train_cfg.total_iterations
         short = reached is None or reached + 1 < length
-        scored = False
-        if saved and args.select and short and reached is not None \
-                and (indexed_iteration(saved) or -1) <= reached:
-            scored = _score_stretch(e, train_cmd, args, saved, mark)
-        if saved and reached is not None and save_state(train_cfg.exp_dir, saved, ledger=scored) is not None:
+        if saved and reached is not None and save_state(train_cfg.exp_dir, saved) is not None:
             print(f"--resume: saved model{reached} (the full state) into {saved}", flush=True)
+        if saved and args.select and short and reached is not None and indexed_iteration(saved) == reached:
+            # The state is saved first (the scoring takes minutes); then the scores go in beside it.
+            if _score_stretch(e, train_cmd, args, saved, mark) and \
+                    save_state(train_cfg.exp_dir, saved, ledger=True) is not None:
+                print(f"--resume: saved the scores with model{reached} into {saved} (the best so far: "
+                      f"model{ledger_best(saved)})", flush=True)
         if stopped and short:
             print(f"{e.name}: stopped at iteration {reached + 1 if reached is not None else 0:,} of "
                   f"{length:,}; the same command continues it", flush=True)
             if reached is None:
                 return 0
-        if args.select and short and reached is not None:
+        if args.select and short and reached is not None and not args.skip_test:
             print(f"{e.name}: short of its {length:,} iterations: testing the "
                   f"newest checkpoint, no model selection", flush=True)
     if train_cmd:  # recorded in the portable form (run from the repository root)
@@ -435,8 +451,14 @@ def run_experiment(e, args, extra):
         record["select_wall_s"] = round(wall, 1)
         if not args.dry_run:
             best = ledger_best(cfg.exp_dir)
-            if saved and not _complete_files(cfg.exp_dir, best):  # scored in an earlier stretch, kept in saved
-                for name in _complete_files(saved, best):
+            if not _complete_files(cfg.exp_dir, best):  # scored in an earlier stretch, kept in saved
+                names = _complete_files(saved, best) if saved else []
+                if not names:
+                    print(f"error: the selection names model{best}, whose files are neither in {cfg.exp_dir} "
+                          f"nor in {saved}: test another with --test_iter, or select again without the "
+                          f"scores saved there", file=sys.stderr)
+                    return 1
+                for name in names:
                     _copy(os.path.join(saved, name), os.path.join(cfg.exp_dir, name))
             test_extra.append(("test_iter", best))
             record["selected_on"] = "meta-validation"

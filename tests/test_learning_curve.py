@@ -25,7 +25,7 @@ def _session(folder, prefix, values):
     writer.close()
 
 
-def test_curve_from_summaries_of_an_interrupted_run(tmp_path):
+def test_curve_from_summaries_of_an_interrupted_run(tmp_path, capsys):
     argv = FLAGS + [f"--logdir={tmp_path}"]
     values, _ = parse_flags(list(argv))
     values["train"] = False
@@ -57,6 +57,11 @@ def test_curve_from_summaries_of_an_interrupted_run(tmp_path):
     pytest.importorskip("matplotlib")
     assert lc.main(argv + [f"--out={out}", "--window=3"]) == 0
     assert out.stat().st_size > 10_000
+    # the best of a run short of its 60,000 iterations is the best so far; at full length, the best
+    assert "best checkpoint so far model2000: 95.0 +- 1.0%" in capsys.readouterr().out
+    (exp / "model59999.index").write_text("")
+    assert lc.main(argv + [f"--out={out}", "--window=3"]) == 0
+    assert "best checkpoint model2000: 95.0 +- 1.0%" in capsys.readouterr().out
     rows = list(csv.reader(open(out.with_suffix(".csv"))))
     assert rows[0][:3] == ["iteration", "val_accuracy", "val_accuracy_mean3"]
     np.testing.assert_allclose([float(r[2]) for r in rows[1:]], by_hand, rtol=1e-6)

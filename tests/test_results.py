@@ -461,6 +461,44 @@ def test_run_py_save_state_keeps_the_best_scored_checkpoint_beside_the_newest(tm
     assert models() == ["model2500.index", "model4000.index"] and run_py.ledger_best(str(saved)) == 2500
 
 
+def test_run_py_final_selection_tests_a_best_kept_only_in_the_saved_state(tmp_path):
+    """At full length the selection adds the saved scores; where the best is a checkpoint of an
+    earlier stretch whose files only the saved state holds, they are copied back and tested.
+    Where neither folder has them: a one-line error, nothing tested."""
+    logroot, saved_root = tmp_path / "logs", tmp_path / "saved"
+    args = ["--experiment", "sinusoid-maml-k5", "--iterations", "300", "--num_test_tasks", "30",
+            "--select", "--resume", str(saved_root), "--logroot", str(logroot), "--", "--save_interval=100"]
+    r = _run_py(*args, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    e = BY_NAME["sinusoid-maml-k5"]
+    extra = [("metatrain_iterations", 300), ("save_interval", 100)]
+    exp_dir = e.config(budget=True, logroot=str(logroot), test=False, extra=extra).exp_dir
+    test_csv = e.config(budget=True, logroot=str(logroot), test=True, extra=extra[:1]).test_csv_path
+    saved = saved_root / os.path.relpath(exp_dir, str(logroot))
+    assert results.latest_checkpoint_iteration(str(saved)) == 299
+    # An earlier stretch's model100, best by far, kept only in the saved state with its score.
+    for name in os.listdir(exp_dir):
+        if name.startswith("model100."):
+            shutil.move(os.path.join(exp_dir, name), saved / name)
+    (saved / "model_selection.json").write_text(json.dumps(
+        {"best_iteration": 100, "column": e.columns[-1], "metric": "mse", "split": "val", "num_tasks": 30,
+         "seed": 2, "results": {"model100": [1e-9, 1e-10]}}))
+    os.remove(results.manifest_path(test_csv))  # not done: select and test again
+    r = _run_py(*args[:-2], "--skip_train", *args[-2:], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "(scored before)" in r.stdout and os.path.exists(os.path.join(exp_dir, "model100.index"))
+    with open(results.manifest_path(test_csv)) as f:
+        assert json.load(f)["tested_checkpoint"] == "model100 (selected)"
+    for folder in (exp_dir, saved):
+        for name in os.listdir(folder):
+            if name.startswith("model100."):
+                os.remove(os.path.join(folder, name))
+    os.remove(results.manifest_path(test_csv))
+    r = _run_py(*args[:-2], "--skip_train", *args[-2:], cwd=tmp_path)
+    assert r.returncode == 1 and "the selection names model100, whose files are neither in" in r.stderr
+    assert not os.path.exists(results.manifest_path(test_csv))
+
+
 def test_select_checkpoint_adds_scores_saved_before(tmp_path, capsys):
     """--scored: the checkpoints an earlier selection scored are not evaluated again and count
     though their files are gone; scores written with other settings are refused in one line."""

@@ -171,7 +171,9 @@ def main(argv=None):
     sel = curve["selection"]
     if sel:
         best = sel["results"][f"model{sel['best_iteration']}"]
-        so_far = " so far" if last + 1 < cfg.metatrain_iterations else ""
+        from maml_tf.paper.results import latest_checkpoint_iteration
+        newest = latest_checkpoint_iteration(cfg.exp_dir)
+        so_far = " so far" if newest is None or newest + 1 < cfg.metatrain_iterations else ""
         line += (f"; best checkpoint{so_far} model{sel['best_iteration']}: {100 * best[0]:.1f} +- {100 * best[1]:.1f}% "
                  f"({sel['num_tasks']} tasks, {sel['column']} steps)")
     print(line)

@@ -479,7 +479,7 @@ def run_experiment(e, args, extra):
         return 0
     test_cfg = e.config(test=True, **{**kw, "extra": overrides + test_extra})
     csv_path = test_cfg.test_csv_path
-    if args.skip_test and not os.path.exists(csv_path):
+    if args.skip_test:  # nothing recorded: a CSV there is an earlier test's, of another checkpoint maybe
         print(f"{e.name}: {'' if args.skip_train else 'trained, '}not tested (--skip_test)", flush=True)
         return 0
     if not os.path.exists(csv_path):

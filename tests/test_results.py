@@ -293,7 +293,8 @@ def test_run_py_trains_selects_tests_and_records(tmp_path):
 
 def test_run_py_skip_test_trains_only_and_succeeds(tmp_path):
     """--skip_test: the run is trained and nothing is tested or recorded; that is success,
-    not an error about a test CSV that nobody asked for."""
+    not an error about a test CSV that nobody asked for, and an earlier test's CSV is not
+    recorded as a test of the newest checkpoint."""
     logroot = tmp_path / "logs"
     r = _run_py("--experiment", "sinusoid-maml-k5", "--iterations", "20", "--skip_test",
                 "--logroot", str(logroot), cwd=tmp_path)
@@ -303,6 +304,11 @@ def test_run_py_skip_test_trains_only_and_succeeds(tmp_path):
                                              extra=[("metatrain_iterations", 20)])
     assert results.latest_checkpoint_iteration(cfg.exp_dir) == 19
     assert not os.path.exists(cfg.test_csv_path) and not os.path.exists(results.manifest_path(cfg.test_csv_path))
+    pathlib.Path(cfg.test_csv_path).write_text("an earlier test's CSV\n")
+    r = _run_py("--experiment", "sinusoid-maml-k5", "--iterations", "20", "--skip_test",
+                "--logroot", str(logroot), cwd=tmp_path)
+    assert r.returncode == 0 and "not tested (--skip_test)" in r.stdout, r.stderr[-3000:]
+    assert not os.path.exists(results.manifest_path(cfg.test_csv_path))
 
 
 def test_run_py_train_stops_cleanly_on_time_or_signal():

@@ -40,9 +40,9 @@ stretch's checkpoints are first scored on the meta-validation split (the
 selection's settings) and the scores saved in DIR after the state, beside the
 files of the best one so far: the selection at the run's end sees every saved
 iteration of every stretch, though each machine kept only its own
-(--skip_train --select --resume scores a log folder as far as its saved state).  Several --experiment run
-one after the other (a queue for one core: a row's first-order twin after it);
-a stop holds for the whole command.
+(--skip_train --select --resume scores a log folder as far as its saved
+state).  Several --experiment run one after the other (a queue for one core:
+a row's first-order twin after it); a stop holds for the whole command.
 """
 import argparse
 import datetime
@@ -333,19 +333,12 @@ def _selection_cmd(e, train_cmd, args, saved):
         f"--column={e.columns[-1]}", f"--num_tasks={tasks}"]
     ledger = os.path.join(saved, LEDGER) if saved else None
     if ledger and os.path.exists(ledger):
-        try:
-            with open(ledger) as f:
-                rec = json.load(f)
-            got = (rec["column"], rec["num_tasks"], rec["seed"], rec["split"])
-        except (OSError, ValueError, KeyError, TypeError):
-            got = None
-        want = (e.columns[-1], tasks, select_checkpoint.SEED, "val")
-        if got == want:
+        try:  # the same check as select_checkpoint --scored: refused there, left out here with a line
+            select_checkpoint.read_scores(ledger, e.columns[-1], tasks, select_checkpoint.SEED, "val")
             cmd.append(f"--scored={ledger}")
-        else:
-            print(f"--resume: the scores in {ledger} were taken with (column, tasks, seed, split) = {got}, "
-                  f"this command's are {want}: scoring without them (the selection "
-                  f"sees the checkpoints on disk only; give the same --num_test_tasks to use them)", flush=True)
+        except UsageError as err:
+            print(f"--resume: {err}; scoring without them (the selection sees the checkpoints on disk "
+                  f"only; give the same --num_test_tasks to use them)", flush=True)
     return cmd
 
 

@@ -467,6 +467,32 @@ def test_run_py_save_state_keeps_the_best_scored_checkpoint_beside_the_newest(tm
     assert models() == ["model2500.index", "model4000.index"] and run_py.ledger_best(str(saved)) == 2500
 
 
+def test_run_py_selection_uses_saved_scores_only_with_the_same_settings(tmp_path, capsys):
+    """The selection command adds the saved scores (--scored) where they were taken with its
+    column, tasks, seed and split; otherwise it scores without them and says why in one line."""
+    import types
+    run_py = _load_run_py()
+    e = BY_NAME["sinusoid-maml-k5"]
+    args = types.SimpleNamespace(num_test_tasks=5)
+    train_cmd = ["python", "main.py", "--datasource=sinusoid"]
+    assert not any(a.startswith("--scored") for a in run_py._selection_cmd(e, train_cmd, args, str(tmp_path)))
+    (tmp_path / "model_selection.json").write_text(json.dumps(
+        {"best_iteration": 1000, "column": e.columns[-1], "metric": "mse", "split": "val", "num_tasks": 5,
+         "seed": run_py.select_checkpoint.SEED, "results": {"model1000": [0.5, 0.1]}}))
+    cmd = run_py._selection_cmd(e, train_cmd, args, str(tmp_path))
+    assert cmd[-1] == f"--scored={tmp_path / 'model_selection.json'}" and "--num_tasks=5" in cmd
+    assert cmd[:3] == [sys.executable, "-m", "maml_tf.paper.select_checkpoint"] and "scoring without" not in \
+        capsys.readouterr().out
+    args.num_test_tasks = 7
+    cmd = run_py._selection_cmd(e, train_cmd, args, str(tmp_path))
+    out = capsys.readouterr().out
+    assert not any(a.startswith("--scored") for a in cmd) and "--num_tasks=7" in cmd
+    assert "scoring without them" in out and "give the same --num_test_tasks" in out and out.count("\n") == 1
+    (tmp_path / "model_selection.json").write_text("{not json")
+    assert not any(a.startswith("--scored") for a in run_py._selection_cmd(e, train_cmd, args, str(tmp_path)))
+    assert "not a readable model_selection.json" in capsys.readouterr().out
+
+
 def test_run_py_final_selection_tests_a_best_kept_only_in_the_saved_state(tmp_path):
     """At full length the selection adds the saved scores; where the best is a checkpoint of an
     earlier stretch whose files only the saved state holds, they are copied back and tested.

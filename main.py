@@ -59,6 +59,8 @@ def main(argv):
     from maml_tf.data.image_data import DataError, check_data_dir
     try:
         cfg = config_from_flags()
+        if not cfg.pretrained:  # a bad flag is reported before TensorFlow loads (run() checks again)
+            cfg.validate()
         # Before TensorFlow loads: on a CPU where TensorFlow leaves oneDNN off, whether to
         # turn it on is measured (once per machine and configuration; maml_tf.run.autotune),
         # after a check that the data are there (a missing folder is reported at once).

@@ -162,3 +162,28 @@ def miniimagenet_data_dir(miniimagenet_sources, tmp_path_factory):
         str(miniimagenet_sources.csv_dir), str(miniimagenet_sources.images_dir),
         str(data_dir / "miniImagenet"), log=_io.StringIO())
     return data_dir
+
+
+# A finished short sinusoid run (101 iterations, checkpoints model50 and model100), trained
+# once in-process; the tests that need one as a starting point (a log folder that must
+# survive bad input, a resume after a crash) each take a copy.
+SINE_SHORT = ["--datasource=sinusoid", "--norm=None", "--update_batch_size=5", "--update_lr=0.01",
+              "--save_interval=50", "--metatrain_iterations=101"]
+
+
+@_pytest.fixture(scope="session")
+def sine_short_run(tmp_path_factory):
+    """The log folder of ``SINE_SHORT``, trained as ``main.py SINE_SHORT --logdir=...`` trains."""
+    from maml_tf.run.config import config_from_flags
+    from maml_tf.run.train import train
+    d = tmp_path_factory.mktemp("sine_short_run")
+    train(config_from_flags({**dict(a[2:].split("=") for a in SINE_SHORT), "logdir": str(d)}),
+          out=lambda *a, **k: None)
+    return d
+
+
+@_pytest.fixture
+def sine_short_copy(sine_short_run, tmp_path):
+    """A copy of ``sine_short_run`` of the test's own (tmp_path/run)."""
+    import shutil
+    return pathlib.Path(shutil.copytree(sine_short_run, tmp_path / "run"))

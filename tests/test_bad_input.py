@@ -1,5 +1,6 @@
 """Bad flags and broken data folders: one clear line, exit 2, no traceback, nothing lost."""
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -24,13 +25,9 @@ def _snapshot(folder):
 
 
 @pytest.fixture(scope="module")
-def logdir(tmp_path_factory):
+def logdir(sine_short_run, tmp_path_factory):
     """A log folder that already holds a finished sinusoid run (must survive every error)."""
-    d = tmp_path_factory.mktemp("logs")
-    proc = subprocess.run([sys.executable, "main.py", *SINE, f"--logdir={d}", "--metatrain_iterations=101",
-                           "--save_interval=50"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    return d
+    return pathlib.Path(shutil.copytree(sine_short_run, tmp_path_factory.mktemp("logs") / "run"))
 
 
 def _expect_error(logdir, args, *needles):
@@ -64,6 +61,22 @@ def _expect_error(logdir, args, *needles):
 ])
 def test_bad_flags(logdir, args, needles):
     _expect_error(logdir, args, *needles)
+
+
+def test_bad_flags_are_reported_before_tensorflow_loads():
+    """The config's checks (the flags above but a strategy's and a checkpoint's) need no TensorFlow, so a
+    bad flag is an error in about a second, not after TensorFlow's few seconds of import."""
+    code = ("import runpy, sys\n"
+            "sys.argv = ['main.py', '--datasource=sinusoid', '--norm=None', '--method=reptile',"
+            " '--stop_grad=True']\n"  # wrong in the last check, past the engines' and methods' names
+            "try:\n    runpy.run_path('main.py', run_name='__main__')\n"
+            "except SystemExit as e:\n    print('exit', e.code)\n"
+            "print('tensorflow loaded:', 'tensorflow' in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert "exit 2" in proc.stdout and "error: --stop_grad do not apply to --method=reptile" in proc.stderr, \
+        proc.stdout + proc.stderr
+    assert "tensorflow loaded: False" in proc.stdout
 
 
 def test_checkpoint_of_another_architecture(logdir):

@@ -74,14 +74,12 @@ def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(tmp_path):
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
-def test_half_written_checkpoint_is_never_taken(tmp_path):
-    run = _run(SINE + ["--metatrain_iterations=101", f"--logdir={tmp_path}"])
-    assert run.returncode == 0
-    exp = tmp_path / EXP
+def test_half_written_checkpoint_is_never_taken(sine_short_copy):
+    exp = sine_short_copy / EXP  # a finished 101-iteration run (SINE_SHORT: SINE, 101 iterations)
     # A crash in the middle of writing model150: files with the final names, no index entry.
     (exp / "model150.data-00000-of-00001").write_bytes(b"\0garbage")
     (exp / "model150.index").write_bytes(b"\0garbage")
-    resumed = _run(SINE + ["--metatrain_iterations=201", f"--logdir={tmp_path}"])
+    resumed = _run(SINE + ["--metatrain_iterations=201", f"--logdir={sine_short_copy}"])
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "model100 (resuming at iteration 101)" in resumed.stdout
 
@@ -100,12 +98,11 @@ def test_sigterm_saves_then_resumes(tmp_path):
     assert f"resuming at iteration {itr + 1}" in resumed.stdout
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
-    assert _run(SINE + ["--metatrain_iterations=101", f"--logdir={tmp_path}"]).returncode == 0
-    exp = tmp_path / EXP
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(sine_short_copy):
+    exp = sine_short_copy / EXP  # a finished 101-iteration run
     before = sorted(os.listdir(exp))
     good = _state(str(exp / "model100"))
-    bad = _run(SINE + ["--metatrain_iterations=301", "--meta_lr=1e30", f"--logdir={tmp_path}"])
+    bad = _run(SINE + ["--metatrain_iterations=301", "--meta_lr=1e30", f"--logdir={sine_short_copy}"])
     assert bad.returncode == 3, bad.stdout + bad.stderr
     assert "non-finite" in bad.stderr and "iteration 10" in bad.stderr and "Traceback" not in bad.stderr
     assert "model100" in bad.stderr

@@ -271,11 +271,31 @@ def test_run_py_list_show_and_markdown_is_current(capsys):
     assert "not main.py flags" in capsys.readouterr().err
 
 
-def test_run_py_trains_selects_tests_and_records(tmp_path):
-    logroot = tmp_path / "logs"
-    r = _run_py("--experiment", "sinusoid-maml-k5", "--iterations", "200", "--num_test_tasks", "30",
-                "--select", "--logroot", str(logroot), "--", "--save_interval=100", cwd=tmp_path)
+# One short run of reproduce/run.py, trained, selected, tested and saved, shared by the tests
+# below (each works on a copy): 200 iterations, checkpoints model100 and model199.
+SELECTED_RUN = ["--experiment", "sinusoid-maml-k5", "--iterations", "200", "--num_test_tasks", "30", "--select"]
+
+
+@functools.lru_cache(maxsize=None)
+def selected_run():
+    """(root, run.py's stdout): ``root/logs`` the log root, ``root/saved`` the --resume folder."""
+    root = pathlib.Path(tempfile.mkdtemp(prefix="maml_tf_run_py_"))
+    atexit.register(shutil.rmtree, str(root), True)
+    r = _run_py(*SELECTED_RUN, "--resume", str(root / "saved"), "--logroot", str(root / "logs"), "--",
+                "--save_interval=100", cwd=root)
     assert r.returncode == 0, r.stderr[-3000:]
+    return root, r.stdout
+
+
+def _selected_run_copy(tmp_path):
+    root, out = selected_run()
+    for name in ("logs", "saved"):
+        shutil.copytree(root / name, tmp_path / name)
+    return tmp_path / "logs", tmp_path / "saved", out
+
+
+def test_run_py_trains_selects_tests_and_records(tmp_path):
+    logroot, saved_root, out = _selected_run_copy(tmp_path)
     cfg = BY_NAME["sinusoid-maml-k5"].config(budget=True, logroot=str(logroot),
                                              extra=[("metatrain_iterations", 200)])
     csv_path = cfg.test_csv_path
@@ -288,7 +308,7 @@ def test_run_py_trains_selects_tests_and_records(tmp_path):
     assert rec["tested_checkpoint"] == f"model{best} (selected)"
     assert f"--test_iter={best}" in rec["test_command"]
     assert rec["train_command"].startswith("python main.py --datasource=sinusoid --metatrain_iterations=200")
-    assert "| Sinusoid, MAML, K=5 |" in r.stdout and "**budget** (200 of 70,000 itr)" in r.stdout
+    assert "| Sinusoid, MAML, K=5 |" in out and "**budget** (200 of 70,000 itr)" in out
 
 
 def test_run_py_skip_test_trains_only_and_succeeds(tmp_path):
@@ -497,17 +517,15 @@ def test_run_py_final_selection_tests_a_best_kept_only_in_the_saved_state(tmp_pa
     """At full length the selection adds the saved scores; where the best is a checkpoint of an
     earlier stretch whose files only the saved state holds, they are copied back and tested.
     Where neither folder has them: a one-line error, nothing tested."""
-    logroot, saved_root = tmp_path / "logs", tmp_path / "saved"
-    args = ["--experiment", "sinusoid-maml-k5", "--iterations", "300", "--num_test_tasks", "30",
-            "--select", "--resume", str(saved_root), "--logroot", str(logroot), "--", "--save_interval=100"]
-    r = _run_py(*args, cwd=tmp_path)
-    assert r.returncode == 0, r.stderr[-3000:]
+    logroot, saved_root, _ = _selected_run_copy(tmp_path)
+    args = [*SELECTED_RUN, "--skip_train", "--resume", str(saved_root), "--logroot", str(logroot),
+            "--", "--save_interval=100"]
     e = BY_NAME["sinusoid-maml-k5"]
-    extra = [("metatrain_iterations", 300), ("save_interval", 100)]
+    extra = [("metatrain_iterations", 200), ("save_interval", 100)]
     exp_dir = e.config(budget=True, logroot=str(logroot), test=False, extra=extra).exp_dir
     test_csv = e.config(budget=True, logroot=str(logroot), test=True, extra=extra[:1]).test_csv_path
     saved = saved_root / os.path.relpath(exp_dir, str(logroot))
-    assert results.latest_checkpoint_iteration(str(saved)) == 299
+    assert results.latest_checkpoint_iteration(str(saved)) == 199
     # An earlier stretch's model100, best by far, kept only in the saved state with its score.
     for name in os.listdir(exp_dir):
         if name.startswith("model100."):
@@ -516,7 +534,7 @@ def test_run_py_final_selection_tests_a_best_kept_only_in_the_saved_state(tmp_pa
         {"best_iteration": 100, "column": e.columns[-1], "metric": "mse", "split": "val", "num_tasks": 30,
          "seed": 2, "results": {"model100": [1e-9, 1e-10]}}))
     os.remove(results.manifest_path(test_csv))  # not done: select and test again
-    r = _run_py(*args[:-2], "--skip_train", *args[-2:], cwd=tmp_path)
+    r = _run_py(*args, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "(scored before)" in r.stdout and os.path.exists(os.path.join(exp_dir, "model100.index"))
     with open(results.manifest_path(test_csv)) as f:
@@ -526,7 +544,7 @@ def test_run_py_final_selection_tests_a_best_kept_only_in_the_saved_state(tmp_pa
             if name.startswith("model100."):
                 os.remove(os.path.join(folder, name))
     os.remove(results.manifest_path(test_csv))
-    r = _run_py(*args[:-2], "--skip_train", *args[-2:], cwd=tmp_path)
+    r = _run_py(*args, cwd=tmp_path)
     assert r.returncode == 1 and "the selection names model100, whose files are neither in" in r.stderr
     assert not os.path.exists(results.manifest_path(test_csv))
 

@@ -70,8 +70,8 @@ from typing import Callable, Dict, List, Optional
 
 import tensorflow as tf
 
-ENGINES = ("nested", "checkpointed", "truncated", "implicit", "es")
-DROPGRAD_TYPES = ("bernoulli", "gaussian")
+from maml_tf.core import DROPGRAD_TYPES, ENGINES  # noqa: F401  (the names; checked without TF by config)
+
 ZERO = tf.UnconnectedGradients.ZERO
 
 

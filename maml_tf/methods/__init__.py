@@ -24,18 +24,30 @@ options of every method (``lslr``, ``msl_iterations``, ``bnwb``, ``ca_iterations
              inner loop (first order by construction); every parameter, normalisation
              offsets included, is adapted.
 """
-from maml_tf.methods.anil import ANIL
-from maml_tf.methods.maml import MAML
-from maml_tf.methods.metasgd import MetaSGD
-from maml_tf.methods.reptile import Reptile
+import importlib
 
-METHODS = ("maml", "metasgd", "anil", "reptile")
+# Each method's module and class, imported on first use, so that ``METHODS`` is read without
+# loading TensorFlow (main.py checks its config before TensorFlow loads).
+_CLASSES = {"maml": ("maml", "MAML"), "metasgd": ("metasgd", "MetaSGD"), "anil": ("anil", "ANIL"),
+            "reptile": ("reptile", "Reptile")}
+METHODS = tuple(_CLASSES)
 __all__ = ["ANIL", "MAML", "METHODS", "MetaSGD", "Reptile", "make"]
+
+
+def _class(method):
+    module, name = _CLASSES[method]
+    return getattr(importlib.import_module(f"maml_tf.methods.{module}"), name)
+
+
+def __getattr__(name):  # ``from maml_tf.methods import MAML``
+    for method, (_, cls_name) in _CLASSES.items():
+        if cls_name == name:
+            return _class(method)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def make(method, spec, **kwargs):
     """The meta-learner ``method`` ('maml', 'metasgd', 'anil', 'reptile') for ``spec``."""
-    cls = {"maml": MAML, "metasgd": MetaSGD, "anil": ANIL, "reptile": Reptile}.get(method)
-    if cls is None:
+    if method not in _CLASSES:
         raise ValueError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
-    return cls(spec, **kwargs)
+    return _class(method)(spec, **kwargs)

@@ -302,7 +302,7 @@ class Config:
                 raise UsageError(f"{', '.join(given)} only apply to the image data sources: the sinusoid "
                                  f"network is the original's fc 40-40; drop {', '.join(given)} or use "
                                  f"--datasource=omniglot/miniimagenet")
-        from maml_tf.core.engines import DROPGRAD_TYPES, ENGINES
+        from maml_tf.core import DROPGRAD_TYPES, ENGINES
         if self.meta_gradient not in ENGINES:
             raise UsageError(f"--meta_gradient={self.meta_gradient!r} is unknown: use one of {', '.join(ENGINES)}")
         if self.meta_gradient == "truncated" and not 0 <= self.truncate_steps <= self.num_updates:

@@ -81,12 +81,11 @@ def test_test_mode_writes_the_original_csv_and_pickle(trained):
         assert list(csv.reader(f)) == rows
 
 
-def test_resume_continues_exactly(tmp_path):
-    a, b = tmp_path / "a", tmp_path / "b"
+def test_resume_continues_exactly(tmp_path, trained):
+    a, b = tmp_path / "a", trained[0]  # b: the same 301 iterations without a stop
     run_main(*SINE, f"--logdir={a}", "--metatrain_iterations=201", "--save_interval=100")
     resumed = run_main(*SINE, f"--logdir={a}", "--metatrain_iterations=301", "--save_interval=100")
     assert "resuming at iteration 201" in resumed.stdout
-    run_main(*SINE, f"--logdir={b}", "--metatrain_iterations=301", "--save_interval=100")
     sa, sb = _state(str(a / EXP / "model300")), _state(str(b / EXP / "model300"))
     assert sa.keys() == sb.keys()
     for k in sa:  # weights, Adam slots and step, iteration, sampler state

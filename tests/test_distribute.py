@@ -107,9 +107,17 @@ def _compare(a, b):
         np.testing.assert_allclose(wa[k], wb[k], rtol=1e-3, atol=1e-5, err_msg=k)
 
 
-def test_mirrored_cli_matches_single_device_and_resumes(tmp_path):
-    single, mirrored = tmp_path / "single", tmp_path / "mirrored"
-    assert _main(SINE + [f"--logdir={single}", "--metatrain_iterations=11"]).returncode == 0
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    """One device, 11 iterations: checkpoints model5 and model10 to compare against."""
+    logdir = tmp_path_factory.mktemp("single")
+    p = _main(SINE + [f"--logdir={logdir}", "--metatrain_iterations=11", "--max_to_keep=10"])
+    assert p.returncode == 0, p.stderr
+    return logdir
+
+
+def test_mirrored_cli_matches_single_device_and_resumes(tmp_path, single):
+    mirrored = tmp_path / "mirrored"
     args = SINE + [f"--logdir={mirrored}", "--distribution=mirrored", "--cpu_devices=2"]
     p = _main(args + ["--metatrain_iterations=6"])
     assert p.returncode == 0, p.stderr
@@ -131,9 +139,8 @@ def _free_ports(n):
     return ports
 
 
-def test_two_workers_on_loopback_match_single_device(tmp_path):
-    single, multi = tmp_path / "single", tmp_path / "multi"
-    assert _main(SINE + [f"--logdir={single}", "--metatrain_iterations=6"]).returncode == 0
+def test_two_workers_on_loopback_match_single_device(tmp_path, single):
+    multi = tmp_path / "multi"
     ports = _free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     procs = []

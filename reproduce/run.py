@@ -336,9 +336,10 @@ def _selection_cmd(e, train_cmd, args, saved):
         try:  # the same check as select_checkpoint --scored: refused there, left out here with a line
             select_checkpoint.read_scores(ledger, e.columns[-1], tasks, select_checkpoint.SEED, "val")
             cmd.append(f"--scored={ledger}")
-        except UsageError as err:
-            print(f"--resume: {err}; scoring without them (the selection sees the checkpoints on disk "
-                  f"only; give the same --num_test_tasks to use them)", flush=True)
+        except select_checkpoint.ScoresUnusable as err:
+            fix = f"; give --num_test_tasks={err.got[1]} to use them" if err.got else ""
+            print(f"--resume: the saved scores {ledger}: {err.problem}; scoring without them (the selection "
+                  f"sees the checkpoints on disk only{fix})", flush=True)
     return cmd
 
 

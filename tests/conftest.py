@@ -167,8 +167,10 @@ def miniimagenet_data_dir(miniimagenet_sources, tmp_path_factory):
 # A finished short sinusoid run (101 iterations, checkpoints model50 and model100), trained
 # once in-process; the tests that need one as a starting point (a log folder that must
 # survive bad input, a resume after a crash) each take a copy.
-SINE_SHORT = ["--datasource=sinusoid", "--norm=None", "--update_batch_size=5", "--update_lr=0.01",
-              "--save_interval=50", "--metatrain_iterations=101"]
+# SINE: the crash tests' sinusoid flags (without a length); SINE_SHORT: those, 101 iterations.
+SINE = ["--datasource=sinusoid", "--norm=None", "--update_batch_size=5", "--update_lr=0.01",
+        "--save_interval=50"]
+SINE_SHORT = SINE + ["--metatrain_iterations=101"]
 
 
 @_pytest.fixture(scope="session")

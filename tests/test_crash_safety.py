@@ -10,10 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import REPO_ROOT
-
-SINE = ["--datasource=sinusoid", "--norm=None", "--update_batch_size=5", "--update_lr=0.01",
-        "--save_interval=50"]
+from tests.conftest import REPO_ROOT, SINE
 EXP = "cls_5.mbs_25.ubs_5.numstep1.updatelr0.01nonorm"
 ENV = dict(os.environ, PYTHONUNBUFFERED="1")
 

@@ -507,10 +507,13 @@ def test_run_py_selection_uses_saved_scores_only_with_the_same_settings(tmp_path
     cmd = run_py._selection_cmd(e, train_cmd, args, str(tmp_path))
     out = capsys.readouterr().out
     assert not any(a.startswith("--scored") for a in cmd) and "--num_tasks=7" in cmd
-    assert "scoring without them" in out and "give the same --num_test_tasks" in out and out.count("\n") == 1
+    assert "scoring without them" in out and "give --num_test_tasks=5 to use them" in out and out.count("\n") == 1
+    assert "--select_seed" not in out  # run.py's own fix only, not select_checkpoint's flags
     (tmp_path / "model_selection.json").write_text("{not json")
     assert not any(a.startswith("--scored") for a in run_py._selection_cmd(e, train_cmd, args, str(tmp_path)))
-    assert "not a readable model_selection.json" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "not a readable model_selection.json" in out and "scoring without them" in out
+    assert "--num_test_tasks" not in out and "--select_seed" not in out
 
 
 def test_run_py_final_selection_tests_a_best_kept_only_in_the_saved_state(tmp_path):
@@ -575,7 +578,8 @@ def test_select_checkpoint_adds_scores_saved_before(tmp_path, capsys):
     assert select_checkpoint.main(flags + ["--num_tasks=20", "--column=1", f"--scored={ledger}"]) == 2
     assert select_checkpoint.main(flags + ["--num_tasks=10", f"--scored={tmp_path / 'none.json'}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert "was scored with column, tasks, seed, split = (1, 10, 2, 'val')" in err[0] and "(1, 20, 2, 'val')" in err[0]
+    assert "scored with column, tasks, seed, split = (1, 10, 2, 'val'), not (1, 20, 2, 'val')" in err[0]
+    assert "--num_tasks" in err[0] and "--select_seed" in err[0]
     assert "--scored=" in err[1] and "not a readable model_selection.json" in err[1]
 
 

@@ -58,21 +58,30 @@ class Selection:
         return "\n".join(lines)
 
 
+class ScoresUnusable(UsageError):
+    """Saved scores that cannot be used: ``problem`` says why in words that fit any caller
+    (this tool advises its own flags; ``reproduce/run.py`` advises its own); ``got``: the file's
+    column, tasks, seed and split where it was readable."""
+
+    def __init__(self, path, problem, got=None):
+        self.path, self.problem, self.got = path, problem, got
+        super().__init__(f"--scored={path}: {problem}: give a model_selection.json scored with the same "
+                         f"--column, --num_tasks, --select_seed and --split, or drop --scored")
+
+
 def read_scores(path, column, num_tasks, seed, split):
     """The scores ``{itr: (mean, ci95)}`` in the ``model_selection.json`` at ``path``;
-    a UsageError if it was written with other settings."""
+    :class:`ScoresUnusable` if it is unreadable or was written with other settings."""
     try:
         with open(path) as f:
             rec = json.load(f)
         got = (rec["column"], rec["num_tasks"], rec["seed"], rec["split"])
         scores = {int(k[len("model"):]): tuple(v) for k, v in rec["results"].items()}
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UsageError(f"--scored={path}: not a readable model_selection.json ({type(e).__name__}: {e}): "
-                         f"give one that select_checkpoint wrote, or drop --scored") from None
+        raise ScoresUnusable(path, f"not a readable model_selection.json ({type(e).__name__}: {e})") from None
     want = (column, num_tasks, seed, split)
     if got != want:
-        raise UsageError(f"--scored={path} was scored with column, tasks, seed, split = {got}, these flags ask "
-                         f"for {want}: give the same --column, --num_tasks, --select_seed, --split, or drop it")
+        raise ScoresUnusable(path, f"scored with column, tasks, seed, split = {got}, not {want}", got)
     return scores
 
 

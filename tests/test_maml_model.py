@@ -112,6 +112,25 @@ def test_batched_and_loop_evaluation_agree_with_inner_loop():
                 float(loss_fn(fwd(batch[2][i], traj[j - 1]), batch[3][i])), rel=1e-10)
 
 
+@pytest.mark.parametrize("options", [{}, {"lslr": True, "bnwb": True, "transductive": False}],
+                         ids=["maml", "step-dependent-per-query"])
+def test_loop_evaluation_maps_the_tasks_to_the_unrolled_numbers(options):
+    """Loop mode evaluates the meta-batch inside tf.map_fn (one task's graph): in float32 the
+    same numbers as the tasks unrolled, also with the step-dependent settings (per-step step
+    sizes and normalisation) and per-query batch statistics."""
+    spec, _, _, _ = CASES["omniglot"]
+    batch = [np.asarray(a, np.float32) for a in _class_batch(np.random.default_rng(3), spec, 3, 3, 2, 3)]
+    models = [MAML(spec, "xent", update_batch_size=2, update_lr=0.4, num_updates=2, seed=1,
+                   task_mode="loop", **options) for _ in range(2)]
+    assert models[0].map_eval_tasks
+    models[1].map_eval_tasks = False
+    mapped, unrolled = (m.evaluate(*batch, num_steps=2) for m in models)
+    for got, want in zip(mapped, unrolled):
+        assert got.shape == (3, 3)
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    assert not np.allclose(mapped[0][:, 0], mapped[0][:, 2])  # the inner steps did something
+
+
 def test_metatrain_step_is_tf1_adam_on_the_meta_gradient():
     model, batch = _model_and_batch("sinusoid", "batched")
     before = [v.numpy() for v in model.meta_vars]

@@ -426,9 +426,9 @@ class MAML(tf.Module):
         of it.  Per task the same operations as the unrolled loop; the graph is T times
         smaller, which is what its first call costs where this path is taken (TensorFlow
         builds and optimises the graph once): Omniglot 5-way 1-shot, 32 tasks and 10
-        steps: 333 s unrolled, 13 s mapped on an AVX2 EPYC (Zen 3), most of a short run's
-        time (``python bench/trace_cost.py --config omniglot5w1s`` measures both;
-        ``map_eval_tasks = False`` unrolls)."""
+        steps: the first call 346 s unrolled, 10 s mapped on an AVX2 EPYC (Zen 3), most of a
+        short run's time (``python bench/trace_cost.py --config omniglot5w1s --task_mode loop``
+        measures both; docs/speed.md; ``map_eval_tasks = False`` unrolls)."""
         def one(task):
             a, la, b, lb = task
             lossa, acca, query = self._trajectory(fwd, dict(self.weights), a, la, b, lb, num_updates,
